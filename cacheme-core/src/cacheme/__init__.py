@@ -1,0 +1,52 @@
+"""cacheme: an asyncio cache framework.
+
+Declare nodes (what is cached, its key, how it is loaded, which chain of
+storages holds it), register storages by name, and ``await cacheme.get(node)``.
+"""
+
+from cacheme.doorkeeper import BloomFilter, DoorKeeper
+from cacheme.engine import get, get_all, invalidate, refresh, stats
+from cacheme.errors import CachemeError, NodeDefinitionError, StorageConfigError, StorageNotRegistered
+from cacheme.memoize import Memoize, Memoized
+from cacheme.node import Cache, DynamicNode, Node, build_node, get_prefix, nodes, set_prefix
+from cacheme.plugins import Storage, hookimpl, installed_schemes
+from cacheme.registry import register_storage, registered_storages, unregister_storage
+from cacheme.serializer import Serializer
+from cacheme.stats import Metrics
+from cacheme.storage import MISSING, BaseStorage, LocalStorage
+
+__version__ = "1.0.0"
+
+__all__ = [
+    "MISSING",
+    "BaseStorage",
+    "BloomFilter",
+    "Cache",
+    "CachemeError",
+    "DoorKeeper",
+    "DynamicNode",
+    "LocalStorage",
+    "Memoize",
+    "Memoized",
+    "Metrics",
+    "Node",
+    "NodeDefinitionError",
+    "Serializer",
+    "Storage",
+    "StorageConfigError",
+    "StorageNotRegistered",
+    "build_node",
+    "get",
+    "get_all",
+    "get_prefix",
+    "hookimpl",
+    "installed_schemes",
+    "invalidate",
+    "nodes",
+    "refresh",
+    "register_storage",
+    "registered_storages",
+    "set_prefix",
+    "stats",
+    "unregister_storage",
+]

@@ -1,0 +1,461 @@
+"""The engine: reads a node's chain of tiers, loads on a miss, writes back.
+
+Tiers are read left to right; a hit in tier i back-fills tiers 0..i-1; a full
+miss loads from the source (once, however many requests want the key: see
+singleflight) and writes every tier. Storage failures never fail a request:
+a failed read is a miss, a failed write is skipped, both logged and counted.
+A loader's own exception is the caller's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import typing
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import pydantic
+
+from cacheme import registry, singleflight
+from cacheme.doorkeeper import DoorKeeper
+from cacheme.errors import NodeDefinitionError
+from cacheme.node import Node
+from cacheme.serializer import MsgPackSerializer, Serializer
+from cacheme.stats import Metrics
+from cacheme.storage import MISSING, BaseStorage, LocalStorage
+
+__all__ = ["get", "get_all", "invalidate", "refresh", "stats", "NodeConfig"]
+
+logger = logging.getLogger("cacheme")
+
+Loader = Callable[[], Awaitable[Any]]
+
+# A storage that keeps failing is logged at most once per this many seconds.
+ERROR_LOG_INTERVAL = 1.0
+
+
+class Tier:
+    __slots__ = ("name", "storage", "ttl", "local")
+
+    def __init__(self, name: str, storage: BaseStorage, ttl: Any) -> None:
+        self.name = name
+        self.storage = storage
+        self.ttl = ttl
+        self.local = storage.is_local
+
+
+class NodeConfig:
+    """A node class's Meta, resolved against the registered storages."""
+
+    __slots__ = (
+        "node_class",
+        "metrics",
+        "tiers",
+        "first_local",
+        "local_prefix",
+        "serializer",
+        "doorkeeper",
+        "adapter",
+        "generation",
+    )
+
+    def __init__(self, node_class: type[Node]) -> None:
+        meta = node_class.Meta
+        name = node_class.__qualname__
+        if not meta.caches:
+            raise NodeDefinitionError(f"{name}.Meta.caches is empty: list at least one cacheme.Cache")
+        if node_class.key is Node.key:
+            raise NodeDefinitionError(f"{name} must define key(self) -> str")
+        self.node_class = node_class
+        self.metrics: Metrics = node_class._cacheme_metrics
+        self.generation = registry.generation()
+        self.tiers = [Tier(c.storage, registry.lookup(c.storage, name), c.ttl) for c in meta.caches]
+        first = self.tiers[0].storage
+        self.first_local: LocalStorage | None = first if isinstance(first, LocalStorage) else None
+        self.local_prefix = 0
+        while self.local_prefix < len(self.tiers) and self.tiers[self.local_prefix].local:
+            self.local_prefix += 1
+        serializer: Serializer | None = meta.serializer
+        if serializer is None and any(not tier.local for tier in self.tiers):
+            serializer = MsgPackSerializer()
+        self.serializer = serializer
+        self.doorkeeper: DoorKeeper | None = meta.doorkeeper
+        self.adapter = _return_adapter(node_class, serializer)
+
+
+def _return_adapter(node_class: type[Node], serializer: Serializer | None) -> pydantic.TypeAdapter[Any] | None:
+    """What turns plain data read back by JSON/MsgPack into the loader's return type."""
+    if serializer is None or serializer.restores_types:
+        return None
+    source: Any = node_class.load
+    if source is Node.load:
+        source = node_class.__dict__.get("_cacheme_memoized")
+        if source is None:
+            return None
+    try:
+        hint = typing.get_type_hints(source).get("return")
+    except Exception:
+        logger.warning("cacheme: cannot resolve the return annotation of %r; values stay plain", source)
+        return None
+    if hint is None or hint is Any or hint is object:
+        return None
+    return pydantic.TypeAdapter(hint)
+
+
+def configure(node_class: type[Node]) -> NodeConfig:
+    """The node class's resolved config, rebuilt when storages were (re)registered."""
+    config: NodeConfig | None = node_class.__dict__.get("_cacheme_config")
+    if config is None or config.generation != registry._generation:
+        config = NodeConfig(node_class)
+        node_class._cacheme_config = config
+    return config
+
+
+# ---------------------------------------------------------------- reporting
+
+
+_last_logged: dict[str, float] = {}
+
+
+def _storage_failed(config: NodeConfig, tier: Tier, operation: str, error: BaseException) -> None:
+    config.metrics._storage_errors += 1
+    now = time.monotonic()
+    if now - _last_logged.get(tier.name, -ERROR_LOG_INTERVAL) >= ERROR_LOG_INTERVAL:
+        _last_logged[tier.name] = now
+        logger.warning(
+            "cacheme: %s on storage %r failed for %s: %r (treated as %s; repeats within %.0fs are counted, "
+            "not logged)",
+            operation,
+            tier.name,
+            config.node_class.__qualname__,
+            error,
+            "a miss" if operation == "read" else "skipped",
+            ERROR_LOG_INTERVAL,
+        )
+
+
+# ---------------------------------------------------------------- tiers
+
+
+def _decode(config: NodeConfig, raw: bytes) -> Any:
+    assert config.serializer is not None
+    value = config.serializer.loads(raw)
+    if config.adapter is not None:
+        value = config.adapter.validate_python(value)
+    return value
+
+
+async def _read_many(config: NodeConfig, tier: Tier, keys: Sequence[str]) -> dict[str, tuple[Any, bytes | None]]:
+    """``{key: (value, raw bytes or None)}`` of the keys this tier has; failures are misses."""
+    found: dict[str, tuple[Any, bytes | None]] = {}
+    if tier.local:
+        local = typing.cast(LocalStorage, tier.storage)
+        for key in keys:
+            value = local.get_sync(key)
+            if value is not MISSING:
+                found[key] = (value, None)
+        return found
+    try:
+        if len(keys) == 1:
+            raw = await tier.storage.get(keys[0])
+            raws = {} if raw is None else {keys[0]: raw}
+        else:
+            raws = await tier.storage.get_many(keys)
+    except Exception as error:
+        _storage_failed(config, tier, "read", error)
+        return found
+    for key, raw in raws.items():
+        try:
+            found[key] = (_decode(config, raw), raw)
+        except Exception as error:
+            _storage_failed(config, tier, "read", error)
+    return found
+
+
+async def _write(
+    config: NodeConfig,
+    tiers: Sequence[Tier],
+    values: Mapping[str, Any],
+    encoded: Mapping[str, bytes] | None = None,
+) -> None:
+    """Write ``values`` into ``tiers``: local ones at once, remote ones concurrently."""
+    if not values:
+        return
+    remote: list[Tier] = []
+    for tier in tiers:
+        if tier.local:
+            local = typing.cast(LocalStorage, tier.storage)
+            for key, value in values.items():
+                local.set_sync(key, value, tier.ttl)
+        else:
+            remote.append(tier)
+    if not remote:
+        return
+    payload: dict[str, bytes] = {}
+    assert config.serializer is not None
+    for key, value in values.items():
+        raw = encoded.get(key) if encoded is not None else None
+        if raw is None:
+            try:
+                raw = config.serializer.dumps(value)
+            except Exception as error:
+                _storage_failed(config, remote[0], "write", error)
+                continue
+        payload[key] = raw
+    if payload:
+        await asyncio.gather(*(_write_remote(config, tier, payload) for tier in remote))
+
+
+async def _write_remote(config: NodeConfig, tier: Tier, payload: Mapping[str, bytes]) -> None:
+    try:
+        if len(payload) == 1:
+            ((key, raw),) = payload.items()
+            await tier.storage.set(key, raw, tier.ttl)
+        else:
+            await tier.storage.set_many(payload, tier.ttl)
+    except Exception as error:
+        _storage_failed(config, tier, "write", error)
+
+
+def _admitted(config: NodeConfig, key: str) -> bool:
+    """The doorkeeper's verdict on caching a freshly loaded key."""
+    doorkeeper = config.doorkeeper
+    if doorkeeper is None:
+        return True
+    if doorkeeper.contains(key):
+        return True
+    doorkeeper.put(key)
+    return False
+
+
+# ---------------------------------------------------------------- loading
+
+
+async def _load_one(config: NodeConfig, node: Node, load: Loader | None) -> Any:
+    metrics = config.metrics
+    started = time.perf_counter_ns()
+    try:
+        value = await (load() if load is not None else node.load())
+    except BaseException:
+        metrics._load_failures += 1
+        metrics._load_time_ns += time.perf_counter_ns() - started
+        raise
+    metrics._load_successes += 1
+    metrics._load_time_ns += time.perf_counter_ns() - started
+    return value
+
+
+async def _load_many(config: NodeConfig, nodes: Sequence[Node]) -> Sequence[Any]:
+    metrics = config.metrics
+    started = time.perf_counter_ns()
+    try:
+        values = await config.node_class.load_all(nodes)
+        if len(values) != len(nodes):
+            raise ValueError(
+                f"{config.node_class.__qualname__}.load_all returned {len(values)} values for {len(nodes)} nodes"
+            )
+    except BaseException:
+        metrics._load_failures += len(nodes)
+        metrics._load_time_ns += time.perf_counter_ns() - started
+        raise
+    metrics._load_successes += len(nodes)
+    metrics._load_time_ns += time.perf_counter_ns() - started
+    return values
+
+
+# ---------------------------------------------------------------- fetching (inside a flight)
+
+
+async def _fetch_one(
+    config: NodeConfig, node: Node, key: str, load: Loader | None, flights: Mapping[str, singleflight.Flight]
+) -> None:
+    flight = flights[key]
+    tiers = config.tiers
+    for index in range(config.local_prefix, len(tiers)):
+        found = await _read_many(config, tiers[index], (key,))
+        if found:
+            value, raw = found[key]
+            flight.resolve(value, True)
+            if not flight.stale:
+                await _write(config, tiers[:index], {key: value}, None if raw is None else {key: raw})
+            return
+    value = await _load_one(config, node, load)
+    flight.resolve(value, False)
+    if not flight.stale and _admitted(config, key):
+        await _write(config, tiers, {key: value})
+
+
+async def _fetch_many(config: NodeConfig, wanted: dict[str, Node], flights: Mapping[str, singleflight.Flight]) -> None:
+    tiers = config.tiers
+    remaining = dict(wanted)
+    backfills: list[tuple[int, dict[str, Any], dict[str, bytes]]] = []
+    for index in range(config.local_prefix, len(tiers)):
+        if not remaining:
+            break
+        found = await _read_many(config, tiers[index], list(remaining))
+        if not found:
+            continue
+        values: dict[str, Any] = {}
+        raws: dict[str, bytes] = {}
+        for key, (value, raw) in found.items():
+            flights[key].resolve(value, True)
+            del remaining[key]
+            if not flights[key].stale:
+                values[key] = value
+                if raw is not None:
+                    raws[key] = raw
+        if index and values:
+            backfills.append((index, values, raws))
+    load_error: Exception | None = None
+    loaded: dict[str, Any] = {}
+    if remaining:
+        try:
+            results = await _load_many(config, list(remaining.values()))
+        except Exception as error:
+            load_error = error
+        else:
+            for key, value in zip(remaining, results):
+                flights[key].resolve(value, False)
+                if not flights[key].stale and _admitted(config, key):
+                    loaded[key] = value
+    writes = [_write(config, tiers[:index], values, raws) for index, values, raws in backfills]
+    if loaded:
+        writes.append(_write(config, tiers, loaded))
+    if writes:
+        await asyncio.gather(*writes)
+    if load_error is not None:
+        raise load_error
+
+
+# ---------------------------------------------------------------- public API
+
+
+async def get(node: Node, load: Loader | None = None) -> Any:
+    """The node's value: from the first tier that has it, else from its loader.
+
+    ``load`` replaces ``node.load()`` as the source (Memoize uses it).
+    """
+    node_class = type(node)
+    config: NodeConfig | None = node_class.__dict__.get("_cacheme_config")
+    if config is None or config.generation != registry._generation:
+        config = configure(node_class)
+    metrics = config.metrics
+    metrics._requests += 1
+    key = node.full_key()
+    first = config.first_local
+    if first is not None:
+        value = first.get_sync(key)
+        if value is not MISSING:
+            metrics._hits += 1
+            return value
+    return await _get_missing(config, node, key, load)
+
+
+async def _get_missing(config: NodeConfig, node: Node, key: str, load: Loader | None) -> Any:
+    tiers = config.tiers
+    for index in range(1, config.local_prefix):
+        value = typing.cast(LocalStorage, tiers[index].storage).get_sync(key)
+        if value is not MISSING:
+            for tier in tiers[:index]:
+                typing.cast(LocalStorage, tier.storage).set_sync(key, value, tier.ttl)
+            config.metrics._hits += 1
+            return value
+    flights = singleflight.table()
+    flight = flights.get(key)
+    if flight is None:
+        flight = singleflight.launch(
+            flights, (key,), lambda started: _fetch_one(config, node, key, load, started)
+        )[key]
+    value, from_cache = await singleflight.wait(flight)
+    if from_cache:
+        config.metrics._hits += 1
+    return value
+
+
+async def get_all(nodes: Sequence[Node]) -> list[Any]:
+    """The values of ``nodes`` (all of one class), in their order, duplicates included.
+
+    Each tier is read with one batch operation; what no tier has is loaded
+    with one ``load_all`` call and written back in batch.
+    """
+    if not nodes:
+        return []
+    node_class = type(nodes[0])
+    for node in nodes:
+        if type(node) is not node_class:
+            raise TypeError(
+                f"get_all takes nodes of one class; got {node_class.__qualname__} and {type(node).__qualname__}"
+            )
+    config = configure(node_class)
+    metrics = config.metrics
+    metrics._requests += len(nodes)
+    keys = [node.full_key() for node in nodes]
+    tiers = config.tiers
+    results: dict[str, Any] = {}
+    missing: dict[str, Node] = {}
+    for key, node in zip(keys, nodes):
+        if key in results or key in missing:
+            continue
+        for index in range(config.local_prefix):
+            value = typing.cast(LocalStorage, tiers[index].storage).get_sync(key)
+            if value is not MISSING:
+                for tier in tiers[:index]:
+                    typing.cast(LocalStorage, tier.storage).set_sync(key, value, tier.ttl)
+                results[key] = value
+                break
+        else:
+            missing[key] = node
+    hit_keys = set(results)
+    if missing:
+        flights = singleflight.table()
+        waiting = {key: flights[key] for key in missing if key in flights}
+        to_fetch = {key: node for key, node in missing.items() if key not in waiting}
+        if to_fetch:
+            waiting.update(
+                singleflight.launch(flights, to_fetch, lambda started: _fetch_many(config, to_fetch, started))
+            )
+        await singleflight.wait_all(waiting.values())
+        for key, flight in waiting.items():
+            value, from_cache = flight.future.result()
+            results[key] = value
+            if from_cache:
+                hit_keys.add(key)
+    metrics._hits += sum(1 for key in keys if key in hit_keys)
+    return [results[key] for key in keys]
+
+
+def _mark_stale(key: str) -> None:
+    flight = singleflight.table().get(key)
+    if flight is not None:
+        flight.stale = True
+
+
+async def invalidate(node: Node) -> None:
+    """Remove the node's key from every tier."""
+    config = configure(type(node))
+    key = node.full_key()
+    _mark_stale(key)
+    for tier in config.tiers:
+        try:
+            await tier.storage.delete(key)
+        except Exception as error:
+            _storage_failed(config, tier, "delete", error)
+
+
+async def refresh(node: Node) -> Any:
+    """Load the node from its source and overwrite every tier with the value."""
+    config = configure(type(node))
+    key = node.full_key()
+    _mark_stale(key)
+    value = await _load_one(config, node, None)
+    await _write(config, config.tiers, {key: value})
+    return value
+
+
+def stats(node_class: type[Node]) -> Metrics:
+    """The counters of one node class."""
+    if not (isinstance(node_class, type) and issubclass(node_class, Node)):
+        raise TypeError(f"stats() takes a node class, got {node_class!r}")
+    return node_class._cacheme_metrics

@@ -1,0 +1,200 @@
+"""Nodes: what is cached, under which key, loaded how, kept where.
+
+A node class is declared by subclassing ``Node``; it becomes a dataclass by
+itself (an explicit ``@dataclass`` works too). Its ``Meta`` says where it is
+cached. Every node class gets a Meta and a Metrics of its own, never shared
+with its parent by inheritance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any, ClassVar
+
+from cacheme.doorkeeper import DoorKeeper
+from cacheme.errors import NodeDefinitionError
+from cacheme.serializer import Serializer
+from cacheme.stats import Metrics
+
+__all__ = ["Cache", "Node", "DynamicNode", "build_node", "nodes", "set_prefix", "get_prefix"]
+
+_prefix = "cacheme"
+
+
+def set_prefix(prefix: str) -> None:
+    """Set the first part of every cache key (default ``"cacheme"``).
+
+    Changing it makes every key new: what was cached under the old prefix is
+    no longer read.
+    """
+    global _prefix
+    if not isinstance(prefix, str) or not prefix:
+        raise ValueError(f"prefix must be a non-empty str, got {prefix!r}")
+    _prefix = prefix
+
+
+def get_prefix() -> str:
+    return _prefix
+
+
+@dataclasses.dataclass(frozen=True)
+class Cache:
+    """One tier of a node's chain: a registered storage's name and a ttl.
+
+    ``ttl=None`` never expires; otherwise it must be a positive timedelta.
+    """
+
+    storage: str
+    ttl: timedelta | None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.storage, str) or not self.storage:
+            raise NodeDefinitionError(f"Cache storage must be a registered storage name, got {self.storage!r}")
+        if self.ttl is not None:
+            if not isinstance(self.ttl, timedelta):
+                raise NodeDefinitionError(f"Cache ttl must be a timedelta or None, got {self.ttl!r}")
+            if self.ttl <= timedelta(0):
+                raise NodeDefinitionError(f"Cache ttl must be positive, got {self.ttl!r}")
+
+
+_node_classes: list[weakref.ref[type[Node]]] = []
+
+
+def _check_meta(cls: type[Node]) -> None:
+    meta = cls.Meta
+    name = cls.__qualname__
+    if not isinstance(meta.version, str):
+        raise NodeDefinitionError(f"{name}.Meta.version must be a str, got {meta.version!r}")
+    if not isinstance(meta.caches, (list, tuple)) or not all(isinstance(c, Cache) for c in meta.caches):
+        raise NodeDefinitionError(f"{name}.Meta.caches must be a list of cacheme.Cache, got {meta.caches!r}")
+    serializer = meta.serializer
+    if serializer is not None and not isinstance(serializer, Serializer):
+        raise NodeDefinitionError(
+            f"{name}.Meta.serializer must have dumps(obj) -> bytes and loads(bytes), got {serializer!r}"
+        )
+    doorkeeper = meta.doorkeeper
+    if doorkeeper is not None and not isinstance(doorkeeper, DoorKeeper):
+        raise NodeDefinitionError(f"{name}.Meta.doorkeeper must have put(key) and contains(key)")
+
+
+class Node:
+    """Subclass it, give it fields, ``key()``, ``async load()`` and a ``Meta``."""
+
+    class Meta:
+        version: ClassVar[str] = ""
+        caches: ClassVar[Sequence[Cache]] = []
+        serializer: ClassVar[Serializer | None] = None
+        doorkeeper: ClassVar[DoorKeeper | None] = None
+
+    _cacheme_metrics: ClassVar[Metrics]
+    # Filled by the engine on first use (see cacheme.engine.NodeConfig).
+    _cacheme_config: ClassVar[Any] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Meta" not in cls.__dict__:
+            # A Meta of its own, so that changing it never changes the parent's.
+            cls.Meta = type("Meta", (cls.Meta,), {"__qualname__": f"{cls.__qualname__}.Meta"})
+        elif not issubclass(cls.__dict__["Meta"], Node.Meta):
+            own = cls.__dict__["Meta"]
+            cls.Meta = type("Meta", (own, Node.Meta), {"__qualname__": own.__qualname__})
+        _check_meta(cls)
+        cls._cacheme_metrics = Metrics()
+        cls._cacheme_config = None
+        if "__init__" not in cls.__dict__:
+            dataclasses.dataclass(cls)
+        _node_classes.append(weakref.ref(cls))
+
+    def key(self) -> str:
+        raise NotImplementedError(f"{type(self).__qualname__} must define key(self) -> str")
+
+    async def load(self) -> Any:
+        raise NotImplementedError(
+            f"{type(self).__qualname__} must define async load(self), or be used through Memoize"
+        )
+
+    @classmethod
+    async def load_all(cls, nodes: Sequence[Node]) -> Sequence[Any]:
+        """Load many nodes at once; return their values in the same order.
+
+        The default awaits ``load()`` of each node concurrently. Override it
+        to load a batch with one query.
+        """
+        import asyncio
+
+        return await asyncio.gather(*(node.load() for node in nodes))
+
+    def full_key(self) -> str:
+        """``{prefix}:{key()}:{Meta.version}``, built once per instance and prefix."""
+        prefix = _prefix
+        state = self.__dict__ if hasattr(self, "__dict__") else None
+        if state is not None:
+            cached = state.get("_cacheme_key")
+            if cached is not None and cached[0] is prefix:
+                return cached[1]  # type: ignore[no-any-return]
+        key = self.key()
+        if not isinstance(key, str):
+            raise TypeError(f"{type(self).__qualname__}.key() must return str, got {type(key).__name__}")
+        full = f"{prefix}:{key}:{self.Meta.version}"
+        if state is not None:
+            state["_cacheme_key"] = (prefix, full)
+        return full
+
+
+class DynamicNode(Node):
+    """A node whose key is given directly: ``DynamicNode(key="user:1")``.
+
+    Classes made by ``build_node`` are DynamicNode subclasses; used with
+    ``Memoize``, the function being memoized loads the value.
+    """
+
+    def __init__(self, key: str) -> None:
+        if not isinstance(key, str):
+            raise TypeError(f"DynamicNode key must be a str, got {type(key).__name__}")
+        self._key = key
+
+    def key(self) -> str:
+        return self._key
+
+    def __repr__(self) -> str:
+        return f"{type(self).__qualname__}(key={self._key!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other._key == self._key  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._key))
+
+
+def build_node(
+    name: str,
+    version: str,
+    caches: Sequence[Cache],
+    serializer: Serializer | None = None,
+    doorkeeper: DoorKeeper | None = None,
+) -> type[DynamicNode]:
+    """Make a DynamicNode class with its own Meta, without writing a class."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise NodeDefinitionError(f"build_node name must be an identifier, got {name!r}")
+    meta = type(
+        "Meta",
+        (DynamicNode.Meta,),
+        {
+            "__qualname__": f"{name}.Meta",
+            "version": version,
+            "caches": list(caches),
+            "serializer": serializer,
+            "doorkeeper": doorkeeper,
+        },
+    )
+    return type(name, (DynamicNode,), {"Meta": meta, "__qualname__": name})
+
+
+def nodes() -> list[type[Node]]:
+    """Every node class defined so far (``DynamicNode`` itself excluded)."""
+    alive = [cls for ref in _node_classes if (cls := ref()) is not None and cls is not DynamicNode]
+    _node_classes[:] = [weakref.ref(cls) for cls in alive]
+    return alive

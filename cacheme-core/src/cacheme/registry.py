@@ -1,0 +1,74 @@
+"""The storages registered by name, which nodes' ``Cache(storage=...)`` refer to."""
+
+from __future__ import annotations
+
+import logging
+
+from cacheme.errors import StorageConfigError, StorageNotRegistered
+from cacheme.storage import BaseStorage
+
+__all__ = ["register_storage", "unregister_storage", "registered_storages", "lookup", "generation"]
+
+logger = logging.getLogger("cacheme")
+
+_storages: dict[str, BaseStorage] = {}
+# Bumped on every change, so nodes know to look their storages up again.
+_generation = 0
+
+
+def generation() -> int:
+    return _generation
+
+
+async def register_storage(name: str, storage: BaseStorage) -> None:
+    """Connect ``storage`` and make it available under ``name``.
+
+    Connection errors are raised here, not at the first request. Registering
+    a name again replaces the storage (the old one is closed).
+    """
+    global _generation
+    if not isinstance(name, str) or not name:
+        raise StorageConfigError(f"storage name must be a non-empty str, got {name!r}")
+    if not isinstance(storage, BaseStorage):
+        raise StorageConfigError(
+            f"register_storage({name!r}, ...) needs a storage built by cacheme.Storage(url), "
+            f"got {type(storage).__name__}"
+        )
+    await storage.connect()
+    previous = _storages.get(name)
+    _storages[name] = storage
+    _generation += 1
+    if previous is not None and previous is not storage:
+        await _close_quietly(name, previous)
+
+
+async def unregister_storage(name: str) -> None:
+    """Close the storage registered under ``name`` and forget it."""
+    global _generation
+    storage = _storages.pop(name, None)
+    if storage is None:
+        raise StorageNotRegistered(f"no storage is registered as {name!r}")
+    _generation += 1
+    await _close_quietly(name, storage)
+
+
+async def _close_quietly(name: str, storage: BaseStorage) -> None:
+    try:
+        await storage.close()
+    except Exception:
+        logger.exception("cacheme: closing storage %r failed", name)
+
+
+def registered_storages() -> dict[str, BaseStorage]:
+    return dict(_storages)
+
+
+def lookup(name: str, node_name: str) -> BaseStorage:
+    storage = _storages.get(name)
+    if storage is None:
+        known = ", ".join(sorted(_storages)) or "none"
+        raise StorageNotRegistered(
+            f"{node_name} caches in storage {name!r}, which is not registered "
+            f"(registered: {known}); call `await cacheme.register_storage({name!r}, cacheme.Storage(url))` first"
+        )
+    return storage

@@ -1,0 +1,87 @@
+"""Per node class counters, kept as plain ints on the hot path."""
+
+from __future__ import annotations
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    """What happened to one node class. Read it with ``cacheme.stats(NodeClass)``.
+
+    The engine increments the attributes directly; the methods are the
+    public, read-only view (the names of the original cacheme API).
+    """
+
+    __slots__ = ("_requests", "_hits", "_load_successes", "_load_failures", "_load_time_ns", "_storage_errors")
+
+    def __init__(self) -> None:
+        self._requests = 0
+        self._hits = 0
+        self._load_successes = 0
+        self._load_failures = 0
+        self._load_time_ns = 0
+        self._storage_errors = 0
+
+    def request_count(self) -> int:
+        """Lookups: one per ``get``, one per node of a ``get_all``."""
+        return self._requests
+
+    def hit_count(self) -> int:
+        """Lookups answered from a cache tier."""
+        return self._hits
+
+    def hit_rate(self) -> float:
+        return self._hits / self._requests if self._requests else 0.0
+
+    def miss_count(self) -> int:
+        return self._requests - self._hits
+
+    def miss_rate(self) -> float:
+        return self.miss_count() / self._requests if self._requests else 0.0
+
+    def load_count(self) -> int:
+        """Nodes loaded from the source, successfully or not."""
+        return self._load_successes + self._load_failures
+
+    def load_success_count(self) -> int:
+        return self._load_successes
+
+    def load_failure_count(self) -> int:
+        return self._load_failures
+
+    def load_failure_rate(self) -> float:
+        loads = self.load_count()
+        return self._load_failures / loads if loads else 0.0
+
+    def total_load_time(self) -> int:
+        """Time spent loading from the source, in nanoseconds."""
+        return self._load_time_ns
+
+    def average_load_time(self) -> float:
+        """Nanoseconds per load."""
+        loads = self.load_count()
+        return self._load_time_ns / loads if loads else 0.0
+
+    def storage_error_count(self) -> int:
+        """Storage reads and writes that failed (each was a miss or a skipped write)."""
+        return self._storage_errors
+
+    def as_dict(self) -> dict[str, int | float]:
+        return {
+            "request_count": self.request_count(),
+            "hit_count": self.hit_count(),
+            "hit_rate": self.hit_rate(),
+            "miss_count": self.miss_count(),
+            "miss_rate": self.miss_rate(),
+            "load_count": self.load_count(),
+            "load_success_count": self.load_success_count(),
+            "load_failure_count": self.load_failure_count(),
+            "load_failure_rate": self.load_failure_rate(),
+            "total_load_time": self.total_load_time(),
+            "average_load_time": self.average_load_time(),
+            "storage_error_count": self.storage_error_count(),
+        }
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value}" for name, value in self.as_dict().items())
+        return f"Metrics({fields})"

@@ -1,0 +1,139 @@
+"""The storage contract every backend implements.
+
+A remote storage keeps ``bytes`` (the node's serializer turns values into bytes
+before they get here). A local storage keeps Python objects as they are and
+also offers synchronous access, which the engine uses on its hot path.
+
+A backend raises whatever its driver raises when something goes wrong: the
+engine turns a failed read into a miss and a failed write into a skipped
+write, logs both and counts them in the node's stats. A backend must never
+block forever: every network call has a bounded timeout.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any, ClassVar, Final
+
+__all__ = ["MISSING", "BaseStorage", "LocalStorage", "ttl_milliseconds", "ttl_seconds"]
+
+
+class _Missing:
+    """Type of the `MISSING` sentinel: what a local storage returns for an absent key."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+MISSING: Final = _Missing()
+
+
+class BaseStorage(abc.ABC):
+    """A place values are cached in. Subclass it to write a backend.
+
+    Constructed as ``cls(url, **options)`` by ``cacheme.Storage``; the
+    constructor validates the URL and options and must not do I/O.
+    ``connect`` opens connections (and may create tables); ``close`` releases
+    them. ``ttl`` is ``None`` (never expires) or a positive ``timedelta``.
+    """
+
+    is_local: ClassVar[bool] = False
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self.url = url
+
+    @abc.abstractmethod
+    async def connect(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> Any:
+        """The value stored under ``key``, or ``None`` when absent or expired."""
+
+    @abc.abstractmethod
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        """The keys found, mapped to their values: absent keys are left out."""
+
+    @abc.abstractmethod
+    async def set(self, key: str, value: Any, ttl: timedelta | None) -> None: ...
+
+    @abc.abstractmethod
+    async def set_many(self, items: Mapping[str, Any], ttl: timedelta | None) -> None: ...
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> None: ...
+
+    @abc.abstractmethod
+    async def delete_many(self, keys: Sequence[str]) -> None: ...
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+
+class LocalStorage(BaseStorage):
+    """An in-process storage: keeps objects, answers synchronously.
+
+    ``get_sync`` returns ``MISSING`` for an absent or expired key, so that
+    ``None`` can be cached like any other value. The async methods are
+    provided on top of the sync ones.
+    """
+
+    is_local: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def get_sync(self, key: str) -> Any: ...
+
+    @abc.abstractmethod
+    def set_sync(self, key: str, value: Any, ttl: timedelta | None) -> None: ...
+
+    @abc.abstractmethod
+    def delete_sync(self, key: str) -> None: ...
+
+    async def connect(self) -> None:
+        return None
+
+    async def get(self, key: str) -> Any:
+        value = self.get_sync(key)
+        return None if value is MISSING else value
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for key in keys:
+            value = self.get_sync(key)
+            if value is not MISSING:
+                found[key] = value
+        return found
+
+    async def set(self, key: str, value: Any, ttl: timedelta | None) -> None:
+        self.set_sync(key, value, ttl)
+
+    async def set_many(self, items: Mapping[str, Any], ttl: timedelta | None) -> None:
+        for key, value in items.items():
+            self.set_sync(key, value, ttl)
+
+    async def delete(self, key: str) -> None:
+        self.delete_sync(key)
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.delete_sync(key)
+
+
+def ttl_milliseconds(ttl: timedelta) -> int:
+    """A positive ttl in whole milliseconds, rounded up so it never becomes 0."""
+    microseconds = (ttl.days * 86_400 + ttl.seconds) * 1_000_000 + ttl.microseconds
+    return max(1, -(-microseconds // 1000))
+
+
+def ttl_seconds(ttl: timedelta) -> float:
+    """A ttl in seconds as a float (sub-second precision kept)."""
+    return ttl.total_seconds()

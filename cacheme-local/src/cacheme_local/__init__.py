@@ -1,0 +1,1 @@
+"""In-process storages for cacheme: ``local://tlfu`` and ``local://lru``."""

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any, ClassVar
 
+from typing_extensions import dataclass_transform
+
 from cacheme.doorkeeper import DoorKeeper
 from cacheme.errors import NodeDefinitionError
 from cacheme.serializer import Serializer
@@ -80,8 +82,14 @@ def _check_meta(cls: type[Node]) -> None:
         raise NodeDefinitionError(f"{name}.Meta.doorkeeper must have put(key) and contains(key)")
 
 
+@dataclass_transform()
 class Node:
-    """Subclass it, give it fields, ``key()``, ``async load()`` and a ``Meta``."""
+    """Subclass it, give it fields, ``key()``, ``async load()`` and a ``Meta``.
+
+    Subclasses become dataclasses; dataclass options go in the class line,
+    e.g. ``class UserNode(cacheme.Node, frozen=True)``. A plain explicit
+    ``@dataclass`` decorator also works.
+    """
 
     class Meta:
         version: ClassVar[str] = ""
@@ -89,12 +97,14 @@ class Node:
         serializer: ClassVar[Serializer | None] = None
         doorkeeper: ClassVar[DoorKeeper | None] = None
 
+    # Whether subclasses are made dataclasses (DynamicNode has its own __init__).
+    _cacheme_dataclass: ClassVar[bool] = True
     _cacheme_metrics: ClassVar[Metrics]
     # Filled by the engine on first use (see cacheme.engine.NodeConfig).
     _cacheme_config: ClassVar[Any] = None
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
+    def __init_subclass__(cls, *, frozen: bool = False, eq: bool = True, order: bool = False) -> None:
+        super().__init_subclass__()
         if "Meta" not in cls.__dict__:
             # A Meta of its own, so that changing it never changes the parent's.
             cls.Meta = type("Meta", (cls.Meta,), {"__qualname__": f"{cls.__qualname__}.Meta"})
@@ -104,8 +114,8 @@ class Node:
         _check_meta(cls)
         cls._cacheme_metrics = Metrics()
         cls._cacheme_config = None
-        if "__init__" not in cls.__dict__:
-            dataclasses.dataclass(cls)
+        if cls._cacheme_dataclass and "__init__" not in cls.__dict__:
+            dataclasses.dataclass(cls, frozen=frozen, eq=eq, order=order)
         _node_classes.append(weakref.ref(cls))
 
     def key(self) -> str:
@@ -150,6 +160,8 @@ class DynamicNode(Node):
     Classes made by ``build_node`` are DynamicNode subclasses; used with
     ``Memoize``, the function being memoized loads the value.
     """
+
+    _cacheme_dataclass: ClassVar[bool] = False
 
     def __init__(self, key: str) -> None:
         if not isinstance(key, str):

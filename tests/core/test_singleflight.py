@@ -1,0 +1,152 @@
+"""Concurrent requests for one key share one load, whatever happens to them."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+import cacheme
+from cacheme import singleflight
+
+
+def make_node(storage: str, delay: float = 0.05) -> Any:
+    class Counted(cacheme.Node):
+        id: int
+
+        def key(self) -> str:
+            return f"counted:{self.id}"
+
+        async def load(self) -> str:
+            Counted.loads += 1
+            await asyncio.sleep(delay)
+            if Counted.fail_next:
+                Counted.fail_next -= 1
+                raise RuntimeError(f"source down for {self.id}")
+            return f"value-{self.id}"
+
+        class Meta(cacheme.Node.Meta):
+            version = "v1"
+            caches = [cacheme.Cache(storage=storage, ttl=None)]
+
+    Counted.loads = 0  # type: ignore[attr-defined]
+    Counted.fail_next = 0  # type: ignore[attr-defined]
+    return Counted
+
+
+async def test_thousands_of_requests_for_one_key_load_it_once(local: str) -> None:
+    node_class = make_node(local)
+    results = await asyncio.gather(*(cacheme.get(node_class(id=7)) for _ in range(5000)))
+    assert results == ["value-7"] * 5000
+    assert node_class.loads == 1
+    metrics = cacheme.stats(node_class)
+    assert metrics.request_count() == 5000
+    assert metrics.load_count() == 1
+    assert singleflight.in_flight_count() == 0
+
+
+async def test_many_keys_many_requests_each_key_loaded_once(local: str) -> None:
+    node_class = make_node(local, delay=0.01)
+    ids = [i % 500 for i in range(10_000)]
+    results = await asyncio.gather(*(cacheme.get(node_class(id=i)) for i in ids))
+    assert results == [f"value-{i}" for i in ids]
+    assert node_class.loads == 500
+    assert singleflight.in_flight_count() == 0
+
+
+async def test_failed_load_reaches_every_waiter_is_not_cached_and_is_retried(local: str) -> None:
+    node_class = make_node(local)
+    node_class.fail_next = 1
+    results = await asyncio.gather(*(cacheme.get(node_class(id=1)) for _ in range(2000)), return_exceptions=True)
+    assert len(results) == 2000
+    assert all(isinstance(r, RuntimeError) and "source down for 1" in str(r) for r in results)
+    assert node_class.loads == 1
+    assert singleflight.in_flight_count() == 0
+    # Not cached: the next request loads again, and succeeds.
+    assert await cacheme.get(node_class(id=1)) == "value-1"
+    assert node_class.loads == 2
+    metrics = cacheme.stats(node_class)
+    assert (metrics.load_failure_count(), metrics.load_success_count()) == (1, 1)
+
+
+async def test_cancelling_the_first_caller_strands_nobody(local: str) -> None:
+    node_class = make_node(local, delay=0.2)
+    leader = asyncio.create_task(cacheme.get(node_class(id=3)))
+    await asyncio.sleep(0.01)
+    followers = [asyncio.create_task(cacheme.get(node_class(id=3))) for _ in range(1000)]
+    await asyncio.sleep(0.01)
+    leader.cancel()
+    results = await asyncio.gather(*followers)
+    assert results == ["value-3"] * 1000
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+    assert node_class.loads == 1
+    assert singleflight.in_flight_count() == 0
+
+
+async def test_cancelling_every_caller_still_finishes_the_load_and_caches_it(local: str) -> None:
+    node_class = make_node(local, delay=0.1)
+    tasks = [asyncio.create_task(cacheme.get(node_class(id=4))) for _ in range(100)]
+    await asyncio.sleep(0.02)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.sleep(0.15)
+    assert singleflight.in_flight_count() == 0
+    assert await cacheme.get(node_class(id=4)) == "value-4"
+    assert node_class.loads == 1  # the one load ran to the end and was cached
+
+
+async def test_timed_out_callers_do_not_leave_the_key_stuck(local: str) -> None:
+    node_class = make_node(local, delay=0.3)
+    node_class.fail_next = 1
+    outcomes = await asyncio.gather(
+        *(asyncio.wait_for(cacheme.get(node_class(id=5)), 0.05) for _ in range(50)), return_exceptions=True
+    )
+    assert all(isinstance(o, asyncio.TimeoutError) for o in outcomes)
+    await asyncio.sleep(0.35)
+    assert singleflight.in_flight_count() == 0
+    assert await cacheme.get(node_class(id=5)) == "value-5"
+    assert node_class.loads == 2
+
+
+def test_two_event_loops_in_two_threads_do_not_share_flights() -> None:
+    barrier = threading.Barrier(2)
+    outcomes: dict[str, Any] = {}
+
+    def run(name: str) -> None:
+        async def main() -> None:
+            await cacheme.register_storage(f"thread-{name}", cacheme.Storage("local://lru", size=100))
+            node_class = make_node(f"thread-{name}", delay=0.1)
+            barrier.wait()
+            results = await asyncio.gather(*(cacheme.get(node_class(id=1)) for _ in range(500)))
+            outcomes[name] = (results, node_class.loads, singleflight.in_flight_count())
+            await cacheme.unregister_storage(f"thread-{name}")
+
+        try:
+            asyncio.run(main())
+        except BaseException as error:  # reported below
+            outcomes[name] = error
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    for name in ("a", "b"):
+        results, loads, in_flight = outcomes[name]
+        assert results == ["value-1"] * 500
+        assert loads == 1
+        assert in_flight == 0
+
+
+async def test_get_all_waits_for_a_get_already_loading_the_same_key(local: str) -> None:
+    node_class = make_node(local, delay=0.1)
+    single = asyncio.create_task(cacheme.get(node_class(id=9)))
+    await asyncio.sleep(0.01)
+    batch = await cacheme.get_all([node_class(id=9), node_class(id=10)])
+    assert batch == ["value-9", "value-10"]
+    assert await single == "value-9"
+    assert node_class.loads == 2  # 9 once (by get), 10 once (by get_all's load_all)

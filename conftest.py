@@ -5,6 +5,4 @@ import pkgutil
 import tests.fixtures
 
 # Every module in tests/fixtures/ is a pytest plugin (servers started for the run).
-pytest_plugins = [
-    f"tests.fixtures.{module.name}" for module in pkgutil.iter_modules(tests.fixtures.__path__)
-]
+pytest_plugins = [f"tests.fixtures.{module.name}" for module in pkgutil.iter_modules(tests.fixtures.__path__)]

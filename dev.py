@@ -41,7 +41,7 @@ def installed_distributions() -> list[str]:
 
 
 def ensure_environment() -> None:
-    if sys.version_info < (3, 10):
+    if sys.version_info < (3, 10):  # noqa: UP036 - dev.py must explain itself on old Pythons
         sys.exit(f"cacheme needs Python 3.10 or newer; this is {sys.version.split()[0]}")
     wanted = "\n".join(installed_distributions()) + "\n" + TEST_REQUIREMENTS.read_text()
     if STAMP.exists() and STAMP.read_text() == wanted:

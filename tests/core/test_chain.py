@@ -62,7 +62,10 @@ async def test_a_hit_in_the_second_tier_back_fills_the_first(local: str, local2:
 
 async def test_ttl_expiry_per_tier(local: str, local2: str) -> None:
     node_class = chain_node(
-        [cacheme.Cache(local, timedelta(milliseconds=100)), cacheme.Cache(local2, timedelta(milliseconds=400))]
+        [
+            cacheme.Cache(local, timedelta(milliseconds=100)),
+            cacheme.Cache(local2, timedelta(milliseconds=400)),
+        ]
     )
     node = node_class(id=4)
     await cacheme.get(node)

@@ -18,8 +18,8 @@ def test_subclasses_become_dataclasses() -> None:
         def key(self) -> str:
             return f"plain:{self.user_id}:{self.tag}"
 
-    assert dataclasses.is_dataclass(Plain)
     node = Plain(user_id=1)
+    assert dataclasses.is_dataclass(node)
     assert node == Plain(1, "x")
     assert node.full_key() == "cacheme:plain:1:x:"
 
@@ -106,7 +106,8 @@ def test_nodes_lists_node_classes_only() -> None:
     assert Listed in listed and built in listed
     assert all(isinstance(c, type) and issubclass(c, cacheme.Node) for c in listed)
     assert cacheme.DynamicNode not in listed
-    assert type(cacheme.Node) not in listed
+    metaclass: object = type(cacheme.Node)
+    assert metaclass not in listed
 
 
 def test_bad_meta_is_refused_at_class_definition() -> None:
@@ -116,7 +117,7 @@ def test_bad_meta_is_refused_at_class_definition() -> None:
             class Meta(cacheme.Node.Meta):
                 version = 1  # type: ignore[assignment]
 
-    with pytest.raises(cacheme.NodeDefinitionError, match="caches must be a list of cacheme.Cache"):
+    with pytest.raises(cacheme.NodeDefinitionError, match=r"caches must be a list of cacheme\.Cache"):
 
         class BadCaches(cacheme.Node):
             class Meta(cacheme.Node.Meta):
@@ -170,7 +171,7 @@ async def test_unregistered_storage_is_named_in_the_error(local: str) -> None:
         class Meta(cacheme.Node.Meta):
             caches = [cacheme.Cache("nowhere", None)]
 
-    with pytest.raises(cacheme.StorageNotRegistered, match="'nowhere'.*registered: local"):
+    with pytest.raises(cacheme.StorageNotRegistered, match=r"'nowhere'.*registered: local"):
         await cacheme.get(Lost())
 
 
@@ -191,7 +192,7 @@ async def test_node_without_caches_or_key_is_an_error(local: str) -> None:
 
 
 async def test_register_storage_refuses_what_is_not_a_storage() -> None:
-    with pytest.raises(cacheme.StorageConfigError, match="cacheme.Storage"):
+    with pytest.raises(cacheme.StorageConfigError, match=r"cacheme\.Storage"):
         await cacheme.register_storage("x", "local://tlfu")  # type: ignore[arg-type]
     with pytest.raises(cacheme.StorageNotRegistered):
         await cacheme.unregister_storage("never-registered")

@@ -31,15 +31,15 @@ version = "0.1.0"
 packages = ["{package}"]
 """
 
-DICT_PLUGIN = '''
+DICT_PLUGIN = """
 from cacheme import hookimpl
 
 @hookimpl
 def cacheme_storage_schemes():
     return {"dictstore": "cacheme_dictstore.storage:DictStorage"}
-'''
+"""
 
-DICT_STORAGE = '''
+DICT_STORAGE = """
 from cacheme import MISSING, LocalStorage
 
 class DictStorage(LocalStorage):
@@ -59,13 +59,15 @@ class DictStorage(LocalStorage):
 
     def delete_sync(self, key):
         self.data.pop(key, None)
-'''
+"""
 
 
 def build_distribution(root: Path, name: str, package: str, entry: str, files: dict[str, str]) -> Path:
     source = root / "src" / name
     (source / package).mkdir(parents=True)
-    (source / "pyproject.toml").write_text(THIRD_PARTY_PYPROJECT.format(name=name, package=package, entry=entry))
+    (source / "pyproject.toml").write_text(
+        THIRD_PARTY_PYPROJECT.format(name=name, package=package, entry=entry)
+    )
     (source / package / "__init__.py").write_text("")
     for filename, text in files.items():
         (source / package / filename).write_text(textwrap.dedent(text))
@@ -77,15 +79,34 @@ def third_party_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
     """Two throwaway distributions, built and installed by pip into a directory of their own."""
     root = tmp_path_factory.mktemp("plugins")
     good = build_distribution(
-        root, "cacheme-dictstore", "cacheme_dictstore", "dictstore", {"plugin.py": DICT_PLUGIN, "storage.py": DICT_STORAGE}
+        root,
+        "cacheme-dictstore",
+        "cacheme_dictstore",
+        "dictstore",
+        {"plugin.py": DICT_PLUGIN, "storage.py": DICT_STORAGE},
     )
     broken = build_distribution(
-        root, "cacheme-broken", "cacheme_broken", "broken", {"plugin.py": "raise ImportError('broken on purpose')\n"}
+        root,
+        "cacheme-broken",
+        "cacheme_broken",
+        "broken",
+        {"plugin.py": "raise ImportError('broken on purpose')\n"},
     )
     site = root / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(site), str(good), str(broken)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(good),
+            str(broken),
+        ],
         check=True,
     )
     sys.path.insert(0, str(site))
@@ -162,7 +183,8 @@ def test_malformed_urls_and_options_are_refused() -> None:
 def test_entry_point_modules_do_not_import_drivers() -> None:
     code = (
         "import sys, cacheme; cacheme.installed_schemes(); "
-        "print(sorted(m for m in ('theine', 'redis', 'asyncpg', 'aiomysql', 'aiosqlite', 'pymongo') if m in sys.modules))"
+        "drivers = ('theine', 'redis', 'asyncpg', 'aiomysql', 'aiosqlite', 'pymongo'); "
+        "print(sorted(m for m in drivers if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -35,7 +35,12 @@ SAMPLE_ACCOUNT = Account(
     tags=["a", "b"],
 )
 
-TYPED_SERIALIZERS = [s.JSONSerializer(), s.MsgPackSerializer(), s.CompressedJSONSerializer(), s.CompressedMsgPackSerializer()]
+TYPED_SERIALIZERS = [
+    s.JSONSerializer(),
+    s.MsgPackSerializer(),
+    s.CompressedJSONSerializer(),
+    s.CompressedMsgPackSerializer(),
+]
 ALL_SERIALIZERS = [*TYPED_SERIALIZERS, s.PickleSerializer(), s.CompressedPickleSerializer()]
 
 
@@ -88,11 +93,12 @@ def test_json_refuses_non_utf8_bytes_rather_than_corrupting_them() -> None:
 
 def test_compressed_variants_compress_with_zlib() -> None:
     value = {"text": "x" * 10_000}
-    for plain, compressed in [
+    pairs: list[tuple[s.Serializer, s.Serializer]] = [
         (s.PickleSerializer(), s.CompressedPickleSerializer()),
         (s.JSONSerializer(), s.CompressedJSONSerializer()),
         (s.MsgPackSerializer(), s.CompressedMsgPackSerializer()),
-    ]:
+    ]
+    for plain, compressed in pairs:
         assert len(compressed.dumps(value)) < len(plain.dumps(value)) / 10
         assert compressed.loads(compressed.dumps(value)) == value
 

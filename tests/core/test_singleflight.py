@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -15,6 +15,8 @@ from cacheme import singleflight
 def make_node(storage: str, delay: float = 0.05) -> Any:
     class Counted(cacheme.Node):
         id: int
+        loads: ClassVar[int] = 0
+        fail_next: ClassVar[int] = 0
 
         def key(self) -> str:
             return f"counted:{self.id}"
@@ -31,8 +33,6 @@ def make_node(storage: str, delay: float = 0.05) -> Any:
             version = "v1"
             caches = [cacheme.Cache(storage=storage, ttl=None)]
 
-    Counted.loads = 0  # type: ignore[attr-defined]
-    Counted.fail_next = 0  # type: ignore[attr-defined]
     return Counted
 
 
@@ -59,7 +59,9 @@ async def test_many_keys_many_requests_each_key_loaded_once(local: str) -> None:
 async def test_failed_load_reaches_every_waiter_is_not_cached_and_is_retried(local: str) -> None:
     node_class = make_node(local)
     node_class.fail_next = 1
-    results = await asyncio.gather(*(cacheme.get(node_class(id=1)) for _ in range(2000)), return_exceptions=True)
+    results = await asyncio.gather(
+        *(cacheme.get(node_class(id=1)) for _ in range(2000)), return_exceptions=True
+    )
     assert len(results) == 2000
     assert all(isinstance(r, RuntimeError) and "source down for 1" in str(r) for r in results)
     assert node_class.loads == 1

@@ -37,7 +37,7 @@ ERROR_LOG_INTERVAL = 1.0
 
 
 class Tier:
-    __slots__ = ("name", "storage", "ttl", "local")
+    __slots__ = ("local", "name", "storage", "ttl")
 
     def __init__(self, name: str, storage: BaseStorage, ttl: Any) -> None:
         self.name = name
@@ -50,15 +50,15 @@ class NodeConfig:
     """A node class's Meta, resolved against the registered storages."""
 
     __slots__ = (
-        "node_class",
-        "metrics",
-        "tiers",
-        "first_local",
-        "local_prefix",
-        "serializer",
-        "doorkeeper",
         "adapter",
+        "doorkeeper",
+        "first_local",
         "generation",
+        "local_prefix",
+        "metrics",
+        "node_class",
+        "serializer",
+        "tiers",
     )
 
     def __init__(self, node_class: type[Node]) -> None:
@@ -85,7 +85,9 @@ class NodeConfig:
         self.adapter = _return_adapter(node_class, serializer)
 
 
-def _return_adapter(node_class: type[Node], serializer: Serializer | None) -> pydantic.TypeAdapter[Any] | None:
+def _return_adapter(
+    node_class: type[Node], serializer: Serializer | None
+) -> pydantic.TypeAdapter[Any] | None:
     """What turns plain data read back by JSON/MsgPack into the loader's return type."""
     if serializer is None or serializer.restores_types:
         return None
@@ -147,7 +149,9 @@ def _decode(config: NodeConfig, raw: bytes) -> Any:
     return value
 
 
-async def _read_many(config: NodeConfig, tier: Tier, keys: Sequence[str]) -> dict[str, tuple[Any, bytes | None]]:
+async def _read_many(
+    config: NodeConfig, tier: Tier, keys: Sequence[str]
+) -> dict[str, tuple[Any, bytes | None]]:
     """``{key: (value, raw bytes or None)}`` of the keys this tier has; failures are misses."""
     found: dict[str, tuple[Any, bytes | None]] = {}
     if tier.local:
@@ -254,7 +258,8 @@ async def _load_many(config: NodeConfig, nodes: Sequence[Node]) -> Sequence[Any]
         values = await config.node_class.load_all(nodes)
         if len(values) != len(nodes):
             raise ValueError(
-                f"{config.node_class.__qualname__}.load_all returned {len(values)} values for {len(nodes)} nodes"
+                f"{config.node_class.__qualname__}.load_all returned {len(values)} values "
+                f"for {len(nodes)} nodes"
             )
     except BaseException:
         metrics._load_failures += len(nodes)
@@ -287,7 +292,9 @@ async def _fetch_one(
         await _write(config, tiers, {key: value})
 
 
-async def _fetch_many(config: NodeConfig, wanted: dict[str, Node], flights: Mapping[str, singleflight.Flight]) -> None:
+async def _fetch_many(
+    config: NodeConfig, wanted: dict[str, Node], flights: Mapping[str, singleflight.Flight]
+) -> None:
     tiers = config.tiers
     remaining = dict(wanted)
     backfills: list[tuple[int, dict[str, Any], dict[str, bytes]]] = []
@@ -316,7 +323,7 @@ async def _fetch_many(config: NodeConfig, wanted: dict[str, Node], flights: Mapp
         except Exception as error:
             load_error = error
         else:
-            for key, value in zip(remaining, results):
+            for key, value in zip(remaining, results, strict=True):
                 flights[key].resolve(value, False)
                 if not flights[key].stale and _admitted(config, key):
                     loaded[key] = value
@@ -386,7 +393,8 @@ async def get_all(nodes: Sequence[Node]) -> list[Any]:
     for node in nodes:
         if type(node) is not node_class:
             raise TypeError(
-                f"get_all takes nodes of one class; got {node_class.__qualname__} and {type(node).__qualname__}"
+                "get_all takes nodes of one class; "
+                f"got {node_class.__qualname__} and {type(node).__qualname__}"
             )
     config = configure(node_class)
     metrics = config.metrics
@@ -395,7 +403,7 @@ async def get_all(nodes: Sequence[Node]) -> list[Any]:
     tiers = config.tiers
     results: dict[str, Any] = {}
     missing: dict[str, Node] = {}
-    for key, node in zip(keys, nodes):
+    for key, node in zip(keys, nodes, strict=True):
         if key in results or key in missing:
             continue
         for index in range(config.local_prefix):

@@ -17,5 +17,5 @@ class NodeDefinitionError(CachemeError, TypeError):
     """A node class or its Meta is defined wrongly."""
 
 
-class StorageNotRegistered(CachemeError, LookupError):
+class StorageNotRegistered(CachemeError, LookupError):  # noqa: N818 - public name
     """A node's Cache names a storage that was never registered."""

@@ -31,6 +31,9 @@ R = TypeVar("R")
 class Memoized(Generic[P, R]):
     """The memoized function; call it like the original."""
 
+    __name__: str
+    __qualname__: str
+
     def __init__(self, node_class: type[Node], function: Callable[P, Awaitable[R]]) -> None:
         self.node_class = node_class
         self.function = function
@@ -46,7 +49,8 @@ class Memoized(Generic[P, R]):
         mapper = self._to_node
         if mapper is None:
             raise NodeDefinitionError(
-                f"{self.function.__qualname__} is memoized but has no @{self.function.__name__}.to_node mapper"
+                f"{self.function.__qualname__} is memoized but has no "
+                f"@{self.function.__name__}.to_node mapper"
             )
         node = mapper(*args, **kwargs)
         if type(node) is not self.node_class:

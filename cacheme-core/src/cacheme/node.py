@@ -54,7 +54,9 @@ class Cache:
 
     def __post_init__(self) -> None:
         if not isinstance(self.storage, str) or not self.storage:
-            raise NodeDefinitionError(f"Cache storage must be a registered storage name, got {self.storage!r}")
+            raise NodeDefinitionError(
+                f"Cache storage must be a registered storage name, got {self.storage!r}"
+            )
         if self.ttl is not None:
             if not isinstance(self.ttl, timedelta):
                 raise NodeDefinitionError(f"Cache ttl must be a timedelta or None, got {self.ttl!r}")
@@ -107,10 +109,11 @@ class Node:
         super().__init_subclass__()
         if "Meta" not in cls.__dict__:
             # A Meta of its own, so that changing it never changes the parent's.
-            cls.Meta = type("Meta", (cls.Meta,), {"__qualname__": f"{cls.__qualname__}.Meta"})
+            own_meta = type("Meta", (cls.Meta,), {"__qualname__": f"{cls.__qualname__}.Meta"})
+            setattr(cls, "Meta", own_meta)  # noqa: B010 - mypy refuses assigning to a nested class
         elif not issubclass(cls.__dict__["Meta"], Node.Meta):
             own = cls.__dict__["Meta"]
-            cls.Meta = type("Meta", (own, Node.Meta), {"__qualname__": own.__qualname__})
+            setattr(cls, "Meta", type("Meta", (own, Node.Meta), {"__qualname__": own.__qualname__}))  # noqa: B010
         _check_meta(cls)
         cls._cacheme_metrics = Metrics()
         cls._cacheme_config = None
@@ -175,7 +178,7 @@ class DynamicNode(Node):
         return f"{type(self).__qualname__}(key={self._key!r})"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other._key == self._key  # type: ignore[attr-defined]
+        return isinstance(other, DynamicNode) and type(other) is type(self) and other._key == self._key
 
     def __hash__(self) -> int:
         return hash((type(self), self._key))

@@ -144,5 +144,7 @@ def Storage(url: str, **options: Any) -> BaseStorage:  # noqa: N802 - the public
         )
     storage = _import_target(scheme, target)(url, **options)
     if not isinstance(storage, BaseStorage):
-        raise StorageConfigError(f"storage for scheme {scheme!r}: {target!r} built {storage!r}, not a BaseStorage")
+        raise StorageConfigError(
+            f"storage for scheme {scheme!r}: {target!r} built {storage!r}, not a BaseStorage"
+        )
     return storage

@@ -69,6 +69,7 @@ def lookup(name: str, node_name: str) -> BaseStorage:
         known = ", ".join(sorted(_storages)) or "none"
         raise StorageNotRegistered(
             f"{node_name} caches in storage {name!r}, which is not registered "
-            f"(registered: {known}); call `await cacheme.register_storage({name!r}, cacheme.Storage(url))` first"
+            f"(registered: {known}); call "
+            f"`await cacheme.register_storage({name!r}, cacheme.Storage(url))` first"
         )
     return storage

@@ -93,7 +93,7 @@ async def _run(
     failure: BaseException | None = None
     try:
         await work(flights)
-    except BaseException as error:  # noqa: BLE001 - delivered to every waiter below
+    except BaseException as error:
         failure = error
         if not isinstance(error, Exception):
             raise

@@ -12,7 +12,14 @@ class Metrics:
     public, read-only view (the names of the original cacheme API).
     """
 
-    __slots__ = ("_requests", "_hits", "_load_successes", "_load_failures", "_load_time_ns", "_storage_errors")
+    __slots__ = (
+        "_hits",
+        "_load_failures",
+        "_load_successes",
+        "_load_time_ns",
+        "_requests",
+        "_storage_errors",
+    )
 
     def __init__(self) -> None:
         self._requests = 0

@@ -120,5 +120,7 @@ def local_storage(url: str, **options: Any) -> LocalStorage:
         raise StorageConfigError(f"{url}: unknown local policy {policy!r}; use local://tlfu or local://lru")
     unknown = set(options) - {"size"}
     if unknown:
-        raise StorageConfigError(f"{url}: unknown option(s) {', '.join(sorted(unknown))}; local storages take size")
+        raise StorageConfigError(
+            f"{url}: unknown option(s) {', '.join(sorted(unknown))}; local storages take size"
+        )
     return storage_class(url, **options)

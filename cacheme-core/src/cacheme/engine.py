@@ -54,6 +54,7 @@ class NodeConfig:
         "doorkeeper",
         "first_local",
         "generation",
+        "leading_locals",
         "local_prefix",
         "metrics",
         "node_class",
@@ -74,9 +75,13 @@ class NodeConfig:
         self.tiers = [Tier(c.storage, registry.lookup(c.storage, name), c.ttl) for c in meta.caches]
         first = self.tiers[0].storage
         self.first_local: LocalStorage | None = first if isinstance(first, LocalStorage) else None
-        self.local_prefix = 0
-        while self.local_prefix < len(self.tiers) and self.tiers[self.local_prefix].local:
-            self.local_prefix += 1
+        # The local tiers at the head of the chain, read synchronously before any await.
+        self.leading_locals: list[tuple[LocalStorage, Any]] = []
+        for tier in self.tiers:
+            if not isinstance(tier.storage, LocalStorage):
+                break
+            self.leading_locals.append((tier.storage, tier.ttl))
+        self.local_prefix = len(self.leading_locals)
         serializer: Serializer | None = meta.serializer
         if serializer is None and any(not tier.local for tier in self.tiers):
             serializer = MsgPackSerializer()
@@ -178,24 +183,27 @@ async def _read_many(
     return found
 
 
-async def _write(
-    config: NodeConfig,
-    tiers: Sequence[Tier],
-    values: Mapping[str, Any],
-    encoded: Mapping[str, bytes] | None = None,
-) -> None:
-    """Write ``values`` into ``tiers``: local ones at once, remote ones concurrently."""
-    if not values:
-        return
-    remote: list[Tier] = []
+def _write_local(tiers: Sequence[Tier], values: Mapping[str, Any]) -> None:
+    """Write ``values`` into the local tiers among ``tiers`` (at once, no await)."""
     for tier in tiers:
         if tier.local:
             local = typing.cast(LocalStorage, tier.storage)
             for key, value in values.items():
                 local.set_sync(key, value, tier.ttl)
-        else:
-            remote.append(tier)
-    if not remote:
+
+
+async def _write_remotes(
+    config: NodeConfig,
+    tiers: Sequence[Tier],
+    values: Mapping[str, Any],
+    encoded: Mapping[str, bytes] | None = None,
+) -> None:
+    """Write ``values`` into the remote tiers among ``tiers``, concurrently.
+
+    ``encoded`` holds bytes already read for some keys, written as they are.
+    """
+    remote = [tier for tier in tiers if not tier.local]
+    if not remote or not values:
         return
     payload: dict[str, bytes] = {}
     assert config.serializer is not None
@@ -282,14 +290,20 @@ async def _fetch_one(
         found = await _read_many(config, tiers[index], (key,))
         if found:
             value, raw = found[key]
+            write = not flight.stale
+            if write:
+                _write_local(tiers[:index], {key: value})
             flight.resolve(value, True)
-            if not flight.stale:
-                await _write(config, tiers[:index], {key: value}, None if raw is None else {key: raw})
+            if write:
+                await _write_remotes(config, tiers[:index], {key: value}, None if raw is None else {key: raw})
             return
     value = await _load_one(config, node, load)
+    write = not flight.stale and _admitted(config, key)
+    if write:
+        _write_local(tiers, {key: value})
     flight.resolve(value, False)
-    if not flight.stale and _admitted(config, key):
-        await _write(config, tiers, {key: value})
+    if write:
+        await _write_remotes(config, tiers, {key: value})
 
 
 async def _fetch_many(
@@ -307,12 +321,14 @@ async def _fetch_many(
         values: dict[str, Any] = {}
         raws: dict[str, bytes] = {}
         for key, (value, raw) in found.items():
-            flights[key].resolve(value, True)
             del remaining[key]
             if not flights[key].stale:
                 values[key] = value
                 if raw is not None:
                     raws[key] = raw
+        _write_local(tiers[:index], values)
+        for key, (value, _raw) in found.items():
+            flights[key].resolve(value, True)
         if index and values:
             backfills.append((index, values, raws))
     load_error: Exception | None = None
@@ -324,12 +340,14 @@ async def _fetch_many(
             load_error = error
         else:
             for key, value in zip(remaining, results, strict=True):
-                flights[key].resolve(value, False)
                 if not flights[key].stale and _admitted(config, key):
                     loaded[key] = value
-    writes = [_write(config, tiers[:index], values, raws) for index, values, raws in backfills]
+            _write_local(tiers, loaded)
+            for key, value in zip(remaining, results, strict=True):
+                flights[key].resolve(value, False)
+    writes = [_write_remotes(config, tiers[:index], values, raws) for index, values, raws in backfills]
     if loaded:
-        writes.append(_write(config, tiers, loaded))
+        writes.append(_write_remotes(config, tiers, loaded))
     if writes:
         await asyncio.gather(*writes)
     if load_error is not None:
@@ -360,13 +378,22 @@ async def get(node: Node, load: Loader | None = None) -> Any:
     return await _get_missing(config, node, key, load)
 
 
-async def _get_missing(config: NodeConfig, node: Node, key: str, load: Loader | None) -> Any:
-    tiers = config.tiers
-    for index in range(1, config.local_prefix):
-        value = typing.cast(LocalStorage, tiers[index].storage).get_sync(key)
+def _read_leading_locals(config: NodeConfig, key: str, start: int) -> Any:
+    """The key's value from the leading local tiers (from ``start``), back-filling those before it."""
+    leading = config.leading_locals
+    for index in range(start, len(leading)):
+        value = leading[index][0].get_sync(key)
         if value is not MISSING:
-            for tier in tiers[:index]:
-                typing.cast(LocalStorage, tier.storage).set_sync(key, value, tier.ttl)
+            for storage, ttl in leading[:index]:
+                storage.set_sync(key, value, ttl)
+            return value
+    return MISSING
+
+
+async def _get_missing(config: NodeConfig, node: Node, key: str, load: Loader | None) -> Any:
+    if config.local_prefix > 1:
+        value = _read_leading_locals(config, key, 1)
+        if value is not MISSING:
             config.metrics._hits += 1
             return value
     flights = singleflight.table()
@@ -375,6 +402,10 @@ async def _get_missing(config: NodeConfig, node: Node, key: str, load: Loader | 
         flight = singleflight.launch(
             flights, (key,), lambda started: _fetch_one(config, node, key, load, started)
         )[key]
+    elif flight.future.done():
+        # Fetched already and being written back: this request caused no load.
+        config.metrics._hits += 1
+        return flight.future.result()[0]
     value, from_cache = await singleflight.wait(flight)
     if from_cache:
         config.metrics._hits += 1
@@ -400,25 +431,26 @@ async def get_all(nodes: Sequence[Node]) -> list[Any]:
     metrics = config.metrics
     metrics._requests += len(nodes)
     keys = [node.full_key() for node in nodes]
-    tiers = config.tiers
     results: dict[str, Any] = {}
     missing: dict[str, Node] = {}
-    for key, node in zip(keys, nodes, strict=True):
-        if key in results or key in missing:
-            continue
-        for index in range(config.local_prefix):
-            value = typing.cast(LocalStorage, tiers[index].storage).get_sync(key)
-            if value is not MISSING:
-                for tier in tiers[:index]:
-                    typing.cast(LocalStorage, tier.storage).set_sync(key, value, tier.ttl)
-                results[key] = value
-                break
-        else:
-            missing[key] = node
+    if config.local_prefix:
+        for key, node in zip(keys, nodes, strict=True):
+            if key not in results and key not in missing:
+                value = _read_leading_locals(config, key, 0)
+                if value is MISSING:
+                    missing[key] = node
+                else:
+                    results[key] = value
+        if not missing:
+            metrics._hits += len(nodes)
+            return [results[key] for key in keys]
+    else:
+        missing = dict(zip(keys, nodes, strict=True))
     hit_keys = set(results)
     if missing:
         flights = singleflight.table()
         waiting = {key: flights[key] for key in missing if key in flights}
+        hit_keys.update(key for key, flight in waiting.items() if flight.future.done())
         to_fetch = {key: node for key, node in missing.items() if key not in waiting}
         if to_fetch:
             waiting.update(
@@ -434,17 +466,25 @@ async def get_all(nodes: Sequence[Node]) -> list[Any]:
     return [results[key] for key in keys]
 
 
-def _mark_stale(key: str) -> None:
+async def _mark_stale(key: str) -> None:
+    """Keep a fetch in flight for ``key`` from writing what it fetched.
+
+    A fetch that already answered its callers may be writing back right now:
+    wait until that write is done, so that what the caller does next lands
+    after it.
+    """
     flight = singleflight.table().get(key)
     if flight is not None:
         flight.stale = True
+        if flight.future.done():
+            await singleflight.settle(flight)
 
 
 async def invalidate(node: Node) -> None:
     """Remove the node's key from every tier."""
     config = configure(type(node))
     key = node.full_key()
-    _mark_stale(key)
+    await _mark_stale(key)
     for tier in config.tiers:
         try:
             await tier.storage.delete(key)
@@ -456,9 +496,10 @@ async def refresh(node: Node) -> Any:
     """Load the node from its source and overwrite every tier with the value."""
     config = configure(type(node))
     key = node.full_key()
-    _mark_stale(key)
+    await _mark_stale(key)
     value = await _load_one(config, node, None)
-    await _write(config, config.tiers, {key: value})
+    _write_local(config.tiers, {key: value})
+    await _write_remotes(config, config.tiers, {key: value})
     return value
 
 

@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["Flight", "table", "launch", "wait", "wait_all", "in_flight_count"]
+__all__ = ["Flight", "table", "launch", "wait", "wait_all", "settle", "in_flight_count"]
 
 
 class Flight:
@@ -25,11 +25,12 @@ class Flight:
     refreshed meanwhile: the fetch still answers its waiters but must not
     write what it fetched into the caches."""
 
-    __slots__ = ("future", "stale")
+    __slots__ = ("future", "stale", "task")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.future: asyncio.Future[tuple[Any, bool]] = loop.create_future()
         self.stale = False
+        self.task: asyncio.Task[None] | None = None
 
     def resolve(self, value: Any, from_cache: bool) -> None:
         if not self.future.done():
@@ -80,6 +81,8 @@ def launch(
         flights[key] = flight
     flights_table.update(flights)
     task = loop.create_task(_run(flights_table, flights, work))
+    for flight in flights.values():
+        flight.task = task
     _running_tasks.add(task)
     task.add_done_callback(_running_tasks.discard)
     return flights
@@ -115,6 +118,13 @@ async def wait(flight: Flight) -> tuple[Any, bool]:
     if future.done():
         return future.result()
     return await asyncio.shield(future)
+
+
+async def settle(flight: Flight) -> None:
+    """Wait until the flight's task has ended, write-back included."""
+    task = flight.task
+    if task is not None and not task.done():
+        await asyncio.wait({task})
 
 
 async def wait_all(flights: Iterable[Flight]) -> None:

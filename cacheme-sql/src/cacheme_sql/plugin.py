@@ -1,0 +1,15 @@
+"""Entry point of cacheme-sql: names the storage classes, imports no driver."""
+
+from __future__ import annotations
+
+from cacheme.plugins import hookimpl
+
+
+@hookimpl
+def cacheme_storage_schemes() -> dict[str, str]:
+    return {
+        "sqlite": "cacheme_sql.sqlite:SQLiteStorage",
+        "postgresql": "cacheme_sql.postgresql:PostgreSQLStorage",
+        "postgres": "cacheme_sql.postgresql:PostgreSQLStorage",
+        "mysql": "cacheme_sql.mysql:MySQLStorage",
+    }

@@ -1,0 +1,148 @@
+"""``postgresql://`` and ``postgres://``: a cache table in PostgreSQL, through an asyncpg pool.
+
+Expiry uses the database clock (``now()``) both when a row is written and when
+it is read or swept, so clients whose clocks disagree still agree on expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from cacheme.errors import StorageConfigError
+from cacheme_sql.base import SqlStorage, driver_options, key_hash
+from cacheme_sql.ddl import ddl_statements
+
+__all__ = ["PostgreSQLStorage"]
+
+
+class PostgreSQLStorage(SqlStorage):
+    """Cache rows in PostgreSQL. Extra options are passed to ``asyncpg.connect`` (ssl, server_settings...)."""
+
+    def _parse_url(self, url: str, options: dict[str, Any]) -> None:
+        try:
+            parts = urlsplit(url)
+            _ = parts.port  # raises on a malformed port
+        except ValueError as error:
+            raise StorageConfigError(f"malformed postgresql url: {error}") from error
+        if parts.scheme.lower() not in ("postgresql", "postgres"):
+            raise StorageConfigError(f"postgresql storage needs a postgresql:// url, got {url!r}")
+        self._driver_options = driver_options(parts.scheme, options, asyncpg.connect)
+        t = self.table
+        live = "(expire IS NULL OR expire > now())"
+        self._sql_get = f"SELECT cache_key, value FROM {t} WHERE key_hash = $1 AND {live}"
+        self._sql_get_many = f"SELECT cache_key, value FROM {t} WHERE key_hash = ANY($1::bytea[]) AND {live}"
+        upsert = (
+            "ON CONFLICT (key_hash) DO UPDATE SET cache_key = EXCLUDED.cache_key, value = EXCLUDED.value, "
+            "expire = EXCLUDED.expire, updated_at = EXCLUDED.updated_at"
+        )
+        self._sql_set = (
+            f"INSERT INTO {t} (key_hash, cache_key, value, expire, updated_at) "
+            f"VALUES ($1, $2, $3, now() + $4::interval, now()) {upsert}"
+        )
+        self._sql_set_many = (
+            f"INSERT INTO {t} (key_hash, cache_key, value, expire, updated_at) "
+            "SELECT h, k, v, now() + $4::interval, now() "
+            f"FROM unnest($1::bytea[], $2::text[], $3::bytea[]) AS u(h, k, v) {upsert}"
+        )
+        self._sql_delete = f"DELETE FROM {t} WHERE key_hash = $1"
+        self._sql_delete_many = f"DELETE FROM {t} WHERE key_hash = ANY($1::bytea[])"
+        self._sql_sweep = (
+            f"DELETE FROM {t} WHERE key_hash IN "
+            f"(SELECT key_hash FROM {t} WHERE expire <= now() LIMIT $1 FOR UPDATE SKIP LOCKED)"
+        )
+        self._pool: asyncpg.Pool | None = None
+
+    async def _open(self) -> None:
+        self._pool = await asyncio.wait_for(
+            asyncpg.create_pool(
+                self.url,
+                min_size=1,
+                max_size=self.pool_size,
+                timeout=self.connect_timeout,
+                command_timeout=self.command_timeout,
+                **self._driver_options,
+            ),
+            self.connect_timeout * 2,
+        )
+
+    async def _close_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), self.command_timeout)
+        except (Exception, asyncio.CancelledError):
+            pool.terminate()
+            raise
+
+    def _acquire(self) -> Any:
+        if self._pool is None:
+            raise RuntimeError(f"{self!r} is not connected")
+        return self._pool.acquire(timeout=self.command_timeout)
+
+    async def _create_table(self) -> None:
+        # CREATE TABLE IF NOT EXISTS can still fail with a unique violation in the catalog when two
+        # sessions create the same table at once: a transaction-scoped advisory lock serialises them.
+        lock_id = int.from_bytes(
+            hashlib.sha256(f"cacheme_sql:{self.table}".encode()).digest()[:8], "big", signed=True
+        )
+        async with self._acquire() as connection, connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", lock_id)
+            if await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", self.table):
+                return
+            for statement in ddl_statements("postgresql", self.table):
+                await connection.execute(statement)
+
+    async def _check_table(self) -> None:
+        async with self._acquire() as connection:
+            await connection.execute(f"SELECT 1 FROM {self.table} WHERE false")
+
+    async def _sweep_batch(self, limit: int) -> int:
+        async with self._acquire() as connection:
+            status: str = await connection.execute(self._sql_sweep, limit)
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def get(self, key: str) -> bytes | None:
+        async with self._acquire() as connection:
+            row = await connection.fetchrow(self._sql_get, key_hash(key))
+        if row is None or row[0] != key:
+            return None
+        return bytes(row[1])
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        if not keys:
+            return {}
+        wanted = set(keys)
+        async with self._acquire() as connection:
+            rows = await connection.fetch(self._sql_get_many, [key_hash(key) for key in wanted])
+        return {row[0]: bytes(row[1]) for row in rows if row[0] in wanted}
+
+    async def set(self, key: str, value: bytes, ttl: timedelta | None) -> None:
+        async with self._acquire() as connection:
+            await connection.execute(self._sql_set, key_hash(key), key, value, ttl)
+
+    async def set_many(self, items: Mapping[str, bytes], ttl: timedelta | None) -> None:
+        if not items:
+            return
+        keys = list(items)
+        async with self._acquire() as connection:
+            await connection.execute(
+                self._sql_set_many, [key_hash(key) for key in keys], keys, [items[key] for key in keys], ttl
+            )
+
+    async def delete(self, key: str) -> None:
+        async with self._acquire() as connection:
+            await connection.execute(self._sql_delete, key_hash(key))
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        async with self._acquire() as connection:
+            await connection.execute(self._sql_delete_many, [key_hash(key) for key in set(keys)])

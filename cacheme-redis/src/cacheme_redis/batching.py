@@ -1,0 +1,103 @@
+"""Coalescing: calls made in one turn of the event loop go out as one operation.
+
+A ``Coalescer`` belongs to one event loop. ``submit(item)`` queues the item
+and returns a future; the first submit of a turn schedules a flush with
+``loop.call_soon``, so every item submitted before the loop gets back to its
+callbacks is sent together. The flush runs the operation in a task of its
+own: a caller that is cancelled or times out only gives up its own future,
+never the batch of the others. When the operation fails, every caller still
+waiting gets the error (a copy each, whose ``__cause__`` is the original).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+__all__ = ["Coalescer"]
+
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
+
+
+def _error_for_one_caller(error: BaseException) -> BaseException:
+    # Raising one exception object in thousands of tasks would grow its
+    # traceback with every raise; each caller gets its own copy instead.
+    try:
+        clone = copy.copy(error)
+    except Exception:
+        return error
+    clone.__cause__ = error
+    return clone
+
+
+class Coalescer(Generic[ItemT, ResultT]):
+    """Runs the items submitted in one loop turn as one call of ``operation``.
+
+    ``operation`` takes the items in submission order and returns one result
+    per item, in the same order.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        operation: Callable[[list[ItemT]], Awaitable[Sequence[ResultT]]],
+    ) -> None:
+        self._loop = loop
+        self._operation = operation
+        self._items: list[ItemT] = []
+        self._futures: list[asyncio.Future[ResultT]] = []
+        self._flush_scheduled = False
+        self._running: set[asyncio.Task[None]] = set()
+
+    def submit(self, item: ItemT) -> asyncio.Future[ResultT]:
+        future: asyncio.Future[ResultT] = self._loop.create_future()
+        self._items.append(item)
+        self._futures.append(future)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self.flush)
+        return future
+
+    def flush(self) -> None:
+        """Send what is queued now (called by the loop; also by ``drain``)."""
+        self._flush_scheduled = False
+        items, futures = self._items, self._futures
+        self._items, self._futures = [], []
+        waiting = [(item, future) for item, future in zip(items, futures, strict=True) if not future.done()]
+        if not waiting:
+            return
+        task = self._loop.create_task(self._run([item for item, _ in waiting], [f for _, f in waiting]))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def drain(self) -> None:
+        """Send what is queued and wait until every batch in flight has finished."""
+        self.flush()
+        while self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _run(self, items: list[ItemT], futures: list[asyncio.Future[ResultT]]) -> None:
+        try:
+            results = await self._operation(items)
+            if len(results) != len(futures):
+                raise RuntimeError(
+                    f"batch operation returned {len(results)} results for {len(futures)} items"
+                )
+        except Exception as error:
+            for future in futures:
+                if not future.done():
+                    future.set_exception(_error_for_one_caller(error))
+            return
+        except BaseException:
+            # The batch itself was cancelled (its loop is shutting down): its
+            # callers get an error, not a cancellation they did not ask for.
+            for future in futures:
+                if not future.done():
+                    future.set_exception(RuntimeError("the batch was cancelled before it finished"))
+            raise
+        for future, result in zip(futures, results, strict=True):
+            if not future.done():
+                future.set_result(result)

@@ -1,0 +1,11 @@
+"""Entry point of the ``cacheme.storages`` group: names the storage class, imports no driver."""
+
+from __future__ import annotations
+
+from cacheme.plugins import hookimpl
+
+
+@hookimpl
+def cacheme_storage_schemes() -> dict[str, str]:
+    target = "cacheme_redis.storage:RedisStorage"
+    return {"redis": target, "rediss": target, "unix": target}

@@ -1,0 +1,151 @@
+"""``RedisStorage``: cacheme's storage for Redis and Redis Cluster (redis-py asyncio).
+
+URLs: ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS) and
+``unix:///path/to/redis.sock[?db=N]``. Options: ``cluster``, ``pool_size``,
+``pool_timeout``, ``batch``; any other keyword goes to redis-py (see
+``options.py``).
+
+With ``batch=True`` (the default), the single ``get`` calls made in one turn
+of the event loop go to Redis as one MGET, and the single ``set`` calls as
+one pipeline (see ``batching.py``). Everything that belongs to a loop (the
+client, its connections, the pending batches) is kept per event loop, so
+two loops in two threads never share a connection or a batch; ``close``
+closes the calling loop's share.
+
+Errors are raised as redis-py raises them (``redis.exceptions.RedisError``
+and its subclasses); cacheme's engine turns them into misses and skipped
+writes and counts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from cacheme.storage import BaseStorage, ttl_milliseconds
+from cacheme_redis.batching import Coalescer
+from cacheme_redis.commands import RedisCommands, SetItem
+from cacheme_redis.options import RedisSettings, build_client
+
+__all__ = ["RedisStorage"]
+
+
+class _LoopState:
+    """What the storage holds for one event loop: its client and its pending batches."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, settings: RedisSettings) -> None:
+        self.commands = RedisCommands(build_client(settings), settings.pool_size, settings.pool_timeout)
+        self.gets: Coalescer[str, bytes | None] = Coalescer(loop, self.commands.mget)
+        self.sets: Coalescer[SetItem, None] = Coalescer(loop, self._set_batch)
+
+    async def _set_batch(self, items: list[SetItem]) -> list[None]:
+        await self.commands.set_many(items)
+        return [None] * len(items)
+
+    async def close(self) -> None:
+        try:
+            await self.gets.drain()
+            await self.sets.drain()
+        finally:
+            await self.commands.close()
+
+
+class RedisStorage(BaseStorage):
+    """A Redis (or Redis Cluster) storage; values are bytes, expiry in milliseconds.
+
+    - ``cluster``: the URL names any node of a Redis Cluster (redis-py's ``RedisCluster``).
+    - ``pool_size``: connections per server (per node on a cluster); a request waits up to
+      ``pool_timeout`` seconds for a free one, then fails with a ``ConnectionError``.
+    - ``batch``: coalesce concurrent single gets into one MGET and sets into one pipeline.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        cluster: bool = False,
+        pool_size: int = 100,
+        pool_timeout: float = 3.0,
+        batch: bool = True,
+        **options: Any,
+    ) -> None:
+        super().__init__(url)
+        self.settings = RedisSettings.parse(
+            url, cluster=cluster, pool_size=pool_size, pool_timeout=pool_timeout, batch=batch, **options
+        )
+        self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
+        self._lock = threading.Lock()
+
+    def _state(self) -> _LoopState:
+        loop = asyncio.get_running_loop()
+        state = self._states.get(loop)
+        if state is None:
+            with self._lock:
+                self._forget_closed_loops()
+                state = self._states.setdefault(loop, _LoopState(loop, self.settings))
+        return state
+
+    def _forget_closed_loops(self) -> None:
+        # A loop that was closed can no longer run anything of its client.
+        for stale in [loop for loop in self._states if loop.is_closed()]:
+            del self._states[stale]
+
+    async def connect(self) -> None:
+        """Checks that the server (or the cluster) answers; raises if it does not."""
+        await self._state().commands.connect()
+
+    async def close(self) -> None:
+        """Sends what is pending, waits for it, and closes this event loop's connections.
+
+        Connections belong to the loop that opened them: a program that uses the
+        storage from several loops closes it from each (the usual single-loop
+        program closes everything with one call). The storage stays usable: it
+        connects again on the next request.
+        """
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            state = self._states.pop(loop, None)
+            self._forget_closed_loops()
+        if state is not None:
+            await state.close()
+
+    async def get(self, key: str) -> bytes | None:
+        state = self._state()
+        if self.settings.batch:
+            return await state.gets.submit(key)
+        return await state.commands.get(key)
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        values = await self._state().commands.mget(keys)
+        return {key: value for key, value in zip(keys, values, strict=True) if value is not None}
+
+    async def set(self, key: str, value: Any, ttl: timedelta | None) -> None:
+        state = self._state()
+        ttl_ms = None if ttl is None else ttl_milliseconds(ttl)
+        if self.settings.batch:
+            await state.sets.submit((key, value, ttl_ms))
+        else:
+            await state.commands.set(key, value, ttl_ms)
+
+    async def set_many(self, items: Mapping[str, Any], ttl: timedelta | None) -> None:
+        ttl_ms = None if ttl is None else ttl_milliseconds(ttl)
+        await self._state().commands.set_many([(key, value, ttl_ms) for key, value in items.items()])
+
+    async def delete(self, key: str) -> None:
+        await self._state().commands.delete(key)
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        await self._state().commands.delete_many(keys)
+
+    def __repr__(self) -> str:
+        parts = urlsplit(self.url)
+        shown = (
+            parts._replace(netloc=f"***@{parts.netloc.rpartition('@')[2]}").geturl()
+            if parts.password
+            else self.url
+        )
+        return f"RedisStorage({shown!r}, cluster={self.settings.cluster}, batch={self.settings.batch})"

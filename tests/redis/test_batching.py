@@ -1,0 +1,176 @@
+"""Auto-batching: concurrent single gets go out as one MGET, concurrent sets as one pipeline.
+
+Counted on our own server (CONFIG RESETSTAT, then INFO commandstats), so that
+nothing else's traffic is in the figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import pytest_asyncio
+import redis
+
+import cacheme
+from cacheme import singleflight
+from cacheme_redis.storage import RedisStorage
+from tests.fixtures.redis_servers import RedisServer
+from tests.redis.conftest import commandstats
+from tests.redis.nodes import item_node
+
+N = 10_000
+
+
+@pytest.fixture
+def server(redis_server_factory: Callable[..., RedisServer]) -> RedisServer:
+    return redis_server_factory()
+
+
+@pytest.fixture
+def control(server: RedisServer) -> redis.Redis:
+    return server.client()
+
+
+def connections_named(control: redis.Redis, name: str) -> int:
+    return sum(1 for client in control.client_list() if client.get("name") == name)
+
+
+async def test_concurrent_gets_are_one_mget(server: RedisServer, control: redis.Redis) -> None:
+    storage = RedisStorage(server.url, client_name="batched")
+    try:
+        await storage.set_many({f"k{i}": str(i).encode() for i in range(0, N, 2)}, None)
+        control.config_resetstat()
+        keys = [f"k{i}" for i in range(N)]
+        values = await asyncio.gather(*(storage.get(key) for key in keys))
+        # Each caller gets its own key's value; absent keys read as None.
+        assert values == [str(i).encode() if i % 2 == 0 else None for i in range(N)]
+        calls = commandstats(control)
+        assert calls.get("mget") == 1
+        assert "get" not in calls
+        assert connections_named(control, "batched") == 1
+    finally:
+        await storage.close()
+
+
+async def test_without_batching_every_get_is_a_get(server: RedisServer, control: redis.Redis) -> None:
+    storage = RedisStorage(server.url, batch=False, client_name="unbatched")
+    try:
+        await storage.set_many({f"k{i}": str(i).encode() for i in range(0, N, 2)}, None)
+        control.config_resetstat()
+        values = await asyncio.gather(*(storage.get(f"k{i}") for i in range(N)))
+        assert values == [str(i).encode() if i % 2 == 0 else None for i in range(N)]
+        calls = commandstats(control)
+        assert calls.get("get") == N
+        assert "mget" not in calls
+        assert connections_named(control, "unbatched") > 1
+    finally:
+        await storage.close()
+
+
+async def test_concurrent_sets_are_one_pipeline(server: RedisServer, control: redis.Redis) -> None:
+    # One pipeline is one connection; sets one by one take as many as the pool gives.
+    for batch, expected_connections in ((True, 1), (False, 100)):
+        name = f"sets-{batch}"
+        storage = RedisStorage(server.url, batch=batch, client_name=name, pool_size=100)
+        try:
+            await storage.connect()
+            await asyncio.gather(*(storage.set(f"s{i}", f"{batch}{i}".encode(), None) for i in range(2000)))
+            assert control.mget([f"s{i}" for i in range(2000)]) == [
+                f"{batch}{i}".encode() for i in range(2000)
+            ]
+            assert connections_named(control, name) == expected_connections
+        finally:
+            await storage.close()
+
+
+async def test_duplicate_keys_in_one_batch(server: RedisServer, control: redis.Redis) -> None:
+    storage = RedisStorage(server.url)
+    try:
+        await storage.set("dup", b"d", None)
+        control.config_resetstat()
+        values = await asyncio.gather(*(storage.get(key) for key in ["dup", "none", "dup", "dup", "none"]))
+        assert values == [b"d", None, b"d", b"d", None]
+        assert commandstats(control).get("mget") == 1
+    finally:
+        await storage.close()
+
+
+async def test_a_cancelled_caller_does_not_cancel_its_batch(
+    server: RedisServer, control: redis.Redis
+) -> None:
+    storage = RedisStorage(server.url)
+    try:
+        await storage.set_many({f"k{i}": str(i).encode() for i in range(100)}, None)
+        control.config_resetstat()
+        tasks = [asyncio.create_task(storage.get(f"k{i}")) for i in range(100)]
+        await asyncio.sleep(0)  # every task has queued its key; the flush is scheduled
+        tasks[0].cancel()
+        tasks[50].cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[0], asyncio.CancelledError)
+        assert isinstance(results[50], asyncio.CancelledError)
+        assert [r for i, r in enumerate(results) if i not in (0, 50)] == [
+            str(i).encode() for i in range(100) if i not in (0, 50)
+        ]
+        assert commandstats(control).get("mget") == 1
+        # Cancelling in the middle of the batch's round trip leaves nothing behind either.
+        tasks = [asyncio.create_task(storage.get(f"k{i}")) for i in range(100)]
+        control.client_pause(200)
+        await asyncio.sleep(0.05)
+        for task in tasks[::2]:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert results[1::2] == [str(i).encode() for i in range(1, 100, 2)]
+        assert await storage.get("k7") == b"7"
+    finally:
+        await storage.close()
+
+
+async def test_a_failed_batch_gives_each_caller_the_error(server: RedisServer) -> None:
+    storage = RedisStorage(server.url)
+    await storage.connect()
+    server.kill()
+    try:
+        results = await asyncio.gather(*(storage.get(f"k{i}") for i in range(100)), return_exceptions=True)
+        assert all(isinstance(r, redis.exceptions.ConnectionError) for r in results)
+        assert len({id(r) for r in results}) == 100  # each caller has its own exception object
+        results = await asyncio.gather(
+            *(storage.set(f"k{i}", b"v", None) for i in range(100)), return_exceptions=True
+        )
+        assert all(isinstance(r, redis.exceptions.ConnectionError) for r in results)
+    finally:
+        await storage.close()
+
+
+async def wait_until_written(control: redis.Redis, count: int) -> None:
+    """get_all answers before its write-back ends: wait until it has ended and the server has the keys."""
+    for _ in range(500):
+        if singleflight.in_flight_count() == 0 and control.dbsize() >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the server holds {control.dbsize()} keys, not {count}")
+
+
+@pytest_asyncio.fixture
+async def registered(server: RedisServer) -> AsyncIterator[str]:
+    name = f"redis-batching-{uuid.uuid4().hex[:8]}"
+    await cacheme.register_storage(name, RedisStorage(server.url))
+    yield name
+    await cacheme.unregister_storage(name)
+
+
+async def test_concurrent_cacheme_gets_read_with_one_mget(registered: str, control: redis.Redis) -> None:
+    node_class = item_node(registered)
+    nodes = [node_class(id=i) for i in range(N)]
+    assert await cacheme.get_all(nodes) == [f"value-{i}" for i in range(N)]
+    await wait_until_written(control, N)
+    control.config_resetstat()
+    values = await asyncio.gather(*(cacheme.get(node) for node in nodes))
+    assert values == [f"value-{i}" for i in range(N)]
+    assert cacheme.stats(node_class).hit_count() == N
+    calls = commandstats(control)
+    assert calls.get("mget") == 1
+    assert "get" not in calls

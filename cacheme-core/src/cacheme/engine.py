@@ -362,10 +362,9 @@ async def get(node: Node, load: Loader | None = None) -> Any:
 
     ``load`` replaces ``node.load()`` as the source (Memoize uses it).
     """
-    node_class = type(node)
-    config: NodeConfig | None = node_class.__dict__.get("_cacheme_config")
+    config: NodeConfig | None = node._cacheme_config
     if config is None or config.generation != registry._generation:
-        config = configure(node_class)
+        config = configure(type(node))
     metrics = config.metrics
     metrics._requests += 1
     key = node.full_key()

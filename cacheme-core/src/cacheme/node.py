@@ -104,6 +104,8 @@ class Node:
     _cacheme_metrics: ClassVar[Metrics]
     # Filled by the engine on first use (see cacheme.engine.NodeConfig).
     _cacheme_config: ClassVar[Any] = None
+    # (prefix, full key) of an instance, set by full_key().
+    _cacheme_key: ClassVar[tuple[str, str] | None] = None
 
     def __init_subclass__(cls, *, frozen: bool = False, eq: bool = True, order: bool = False) -> None:
         super().__init_subclass__()
@@ -143,17 +145,18 @@ class Node:
     def full_key(self) -> str:
         """``{prefix}:{key()}:{Meta.version}``, built once per instance and prefix."""
         prefix = _prefix
-        state = self.__dict__ if hasattr(self, "__dict__") else None
-        if state is not None:
-            cached = state.get("_cacheme_key")
-            if cached is not None and cached[0] is prefix:
-                return cached[1]  # type: ignore[no-any-return]
+        cached = self._cacheme_key
+        if cached is not None and cached[0] is prefix:
+            return cached[1]
         key = self.key()
         if not isinstance(key, str):
             raise TypeError(f"{type(self).__qualname__}.key() must return str, got {type(key).__name__}")
         full = f"{prefix}:{key}:{self.Meta.version}"
-        if state is not None:
-            state["_cacheme_key"] = (prefix, full)
+        try:
+            # object.__setattr__: frozen dataclasses included; not a field, so not in eq or repr.
+            object.__setattr__(self, "_cacheme_key", (prefix, full))
+        except AttributeError:  # a class with __slots__: the key is built every time
+            pass
         return full
 
 

@@ -8,6 +8,7 @@ with its parent by inheritance.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import weakref
 from collections.abc import Sequence
@@ -152,11 +153,10 @@ class Node:
         if not isinstance(key, str):
             raise TypeError(f"{type(self).__qualname__}.key() must return str, got {type(key).__name__}")
         full = f"{prefix}:{key}:{self.Meta.version}"
-        try:
-            # object.__setattr__: frozen dataclasses included; not a field, so not in eq or repr.
+        # object.__setattr__: frozen dataclasses included; not a field, so not in eq or repr.
+        # A class with __slots__ cannot keep it: its key is built every time.
+        with contextlib.suppress(AttributeError):
             object.__setattr__(self, "_cacheme_key", (prefix, full))
-        except AttributeError:  # a class with __slots__: the key is built every time
-            pass
         return full
 
 

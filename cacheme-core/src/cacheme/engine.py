@@ -420,22 +420,28 @@ async def get_all(nodes: Sequence[Node]) -> list[Any]:
     if not nodes:
         return []
     node_class = type(nodes[0])
+    config = configure(node_class)
+    keys: list[str] = []
     for node in nodes:
         if type(node) is not node_class:
             raise TypeError(
                 "get_all takes nodes of one class; "
                 f"got {node_class.__qualname__} and {type(node).__qualname__}"
             )
-    config = configure(node_class)
+        keys.append(node.full_key())
     metrics = config.metrics
     metrics._requests += len(nodes)
-    keys = [node.full_key() for node in nodes]
     results: dict[str, Any] = {}
     missing: dict[str, Node] = {}
-    if config.local_prefix:
+    first = config.first_local
+    if first is not None:
+        get_sync = first.get_sync
+        deeper = config.local_prefix > 1
         for key, node in zip(keys, nodes, strict=True):
-            if key not in results and key not in missing:
-                value = _read_leading_locals(config, key, 0)
+            if key not in results:
+                value = get_sync(key)
+                if value is MISSING and deeper:
+                    value = _read_leading_locals(config, key, 1)
                 if value is MISSING:
                     missing[key] = node
                 else:

@@ -8,7 +8,6 @@ with its parent by inheritance.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import weakref
 from collections.abc import Sequence
@@ -154,9 +153,10 @@ class Node:
             raise TypeError(f"{type(self).__qualname__}.key() must return str, got {type(key).__name__}")
         full = f"{prefix}:{key}:{self.Meta.version}"
         # object.__setattr__: frozen dataclasses included; not a field, so not in eq or repr.
-        # A class with __slots__ cannot keep it: its key is built every time.
-        with contextlib.suppress(AttributeError):
+        try:  # noqa: SIM105 - contextlib.suppress costs more than the rest of this method
             object.__setattr__(self, "_cacheme_key", (prefix, full))
+        except AttributeError:  # a class with __slots__ cannot keep it: its key is built every time
+            pass
         return full
 
 

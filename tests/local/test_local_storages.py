@@ -37,7 +37,7 @@ async def test_tlfu_keeps_at_most_size_entries() -> None:
     assert isinstance(storage, TLFUStorage)
     for i in range(5000):
         storage.set_sync(f"k{i}", i, None)
-    assert len(storage) == 100  # type: ignore[arg-type]
+    assert len(storage) == 100
     kept = sum(storage.get_sync(f"k{i}") is not cacheme.MISSING for i in range(5000))
     assert kept == 100
     await storage.close()

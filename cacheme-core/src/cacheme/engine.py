@@ -126,8 +126,11 @@ def configure(node_class: type[Node]) -> NodeConfig:
 _last_logged: dict[str, float] = {}
 
 
-def _storage_failed(config: NodeConfig, tier: Tier, operation: str, error: BaseException) -> None:
-    config.metrics._storage_errors += 1
+def _storage_failed(
+    config: NodeConfig, tier: Tier, operation: str, error: BaseException, keys: int = 1
+) -> None:
+    """Count (one per key affected) and log a failed storage operation."""
+    config.metrics._storage_errors += keys
     now = time.monotonic()
     if now - _last_logged.get(tier.name, -ERROR_LOG_INTERVAL) >= ERROR_LOG_INTERVAL:
         _last_logged[tier.name] = now
@@ -173,7 +176,7 @@ async def _read_many(
         else:
             raws = await tier.storage.get_many(keys)
     except Exception as error:
-        _storage_failed(config, tier, "read", error)
+        _storage_failed(config, tier, "read", error, len(keys))
         return found
     for key, raw in raws.items():
         try:
@@ -216,7 +219,11 @@ async def _write_remotes(
                 _storage_failed(config, remote[0], "write", error)
                 continue
         payload[key] = raw
-    if payload:
+    if not payload:
+        return
+    if len(remote) == 1:
+        await _write_remote(config, remote[0], payload)
+    else:
         await asyncio.gather(*(_write_remote(config, tier, payload) for tier in remote))
 
 
@@ -228,7 +235,7 @@ async def _write_remote(config: NodeConfig, tier: Tier, payload: Mapping[str, by
         else:
             await tier.storage.set_many(payload, tier.ttl)
     except Exception as error:
-        _storage_failed(config, tier, "write", error)
+        _storage_failed(config, tier, "write", error, len(payload))
 
 
 def _admitted(config: NodeConfig, key: str) -> bool:
@@ -278,80 +285,165 @@ async def _load_many(config: NodeConfig, nodes: Sequence[Node]) -> Sequence[Any]
     return values
 
 
-# ---------------------------------------------------------------- fetching (inside a flight)
+# ---------------------------------------------------------------- fetching (in tasks of their own)
 
 
-async def _fetch_one(
-    config: NodeConfig, node: Node, key: str, load: Loader | None, flights: Mapping[str, singleflight.Flight]
-) -> None:
-    flight = flights[key]
+class _Wanted:
+    """A key one ``get`` asked for: its node, its source, its flight."""
+
+    __slots__ = ("node", "load", "flight")
+
+    def __init__(self, node: Node, load: Loader | None, flight: singleflight.Flight) -> None:
+        self.node = node
+        self.load = load
+        self.flight = flight
+
+
+async def _read_remote_tiers(
+    config: NodeConfig, keys: Sequence[str], stale: Callable[[str], bool], resolve: Callable[[str, Any], None]
+) -> tuple[list[str], list[tuple[int, dict[str, Any], dict[str, bytes]]]]:
+    """Read the tiers after the leading local ones, one batch per tier.
+
+    Each key found is written into the local tiers before it, then resolved.
+    Returns the keys no tier has and the back-fills still to write remotely.
+    """
     tiers = config.tiers
-    for index in range(config.local_prefix, len(tiers)):
-        found = await _read_many(config, tiers[index], (key,))
-        if found:
-            value, raw = found[key]
-            write = not flight.stale
-            if write:
-                _write_local(tiers[:index], {key: value})
-            flight.resolve(value, True)
-            if write:
-                await _write_remotes(config, tiers[:index], {key: value}, None if raw is None else {key: raw})
-            return
-    value = await _load_one(config, node, load)
-    write = not flight.stale and _admitted(config, key)
-    if write:
-        _write_local(tiers, {key: value})
-    flight.resolve(value, False)
-    if write:
-        await _write_remotes(config, tiers, {key: value})
-
-
-async def _fetch_many(
-    config: NodeConfig, wanted: dict[str, Node], flights: Mapping[str, singleflight.Flight]
-) -> None:
-    tiers = config.tiers
-    remaining = dict(wanted)
+    remaining = list(keys)
     backfills: list[tuple[int, dict[str, Any], dict[str, bytes]]] = []
     for index in range(config.local_prefix, len(tiers)):
         if not remaining:
             break
-        found = await _read_many(config, tiers[index], list(remaining))
+        found = await _read_many(config, tiers[index], remaining)
         if not found:
             continue
         values: dict[str, Any] = {}
         raws: dict[str, bytes] = {}
         for key, (value, raw) in found.items():
-            del remaining[key]
-            if not flights[key].stale:
+            if not stale(key):
                 values[key] = value
                 if raw is not None:
                     raws[key] = raw
         _write_local(tiers[:index], values)
         for key, (value, _raw) in found.items():
-            flights[key].resolve(value, True)
-        if index and values:
+            resolve(key, value)
+        remaining = [key for key in remaining if key not in found]
+        if values and index > config.local_prefix:
             backfills.append((index, values, raws))
-    load_error: Exception | None = None
-    loaded: dict[str, Any] = {}
-    if remaining:
-        try:
-            results = await _load_many(config, list(remaining.values()))
-        except Exception as error:
-            load_error = error
-        else:
-            for key, value in zip(remaining, results, strict=True):
-                if not flights[key].stale and _admitted(config, key):
-                    loaded[key] = value
-            _write_local(tiers, loaded)
-            for key, value in zip(remaining, results, strict=True):
-                flights[key].resolve(value, False)
-    writes = [_write_remotes(config, tiers[:index], values, raws) for index, values, raws in backfills]
-    if loaded:
-        writes.append(_write_remotes(config, tiers, loaded))
-    if writes:
-        await asyncio.gather(*writes)
-    if load_error is not None:
-        raise load_error
+    return remaining, backfills
+
+
+async def _write_backfills(
+    config: NodeConfig, backfills: list[tuple[int, dict[str, Any], dict[str, bytes]]]
+) -> None:
+    for index, values, raws in backfills:
+        await _write_remotes(config, config.tiers[:index], values, raws)
+
+
+def _want(
+    table: singleflight.FlightTable, config: NodeConfig, key: str, node: Node, load: Loader | None
+) -> singleflight.Flight:
+    """Enter a flight for ``key``; the keys wanted in one loop turn are fetched by one task."""
+    flight = singleflight.Flight()
+    table.flights[key] = flight
+    group = table.groups.get(config)
+    if group is None:
+        group = table.groups[config] = {}
+        table.loop.call_soon(_start_group, table, config)
+    group[key] = _Wanted(node, load, flight)
+    return flight
+
+
+def _start_group(table: singleflight.FlightTable, config: NodeConfig) -> None:
+    group: dict[str, _Wanted] = table.groups.pop(config)
+    task = table.spawn(_fetch_group(table, config, group))
+    for wanted in group.values():
+        wanted.flight.task = task
+
+
+async def _fetch_group(
+    table: singleflight.FlightTable, config: NodeConfig, group: dict[str, _Wanted]
+) -> None:
+    """Read the keys of one loop turn from the remote tiers together; load each key still missing."""
+    handed_over: set[str] = set()
+    error: BaseException | None = None
+    try:
+        missing, backfills = await _read_remote_tiers(
+            config,
+            list(group),
+            lambda key: group[key].flight.stale,
+            lambda key, value: group[key].flight.resolve(value, True),
+        )
+        for key in missing:
+            wanted = group[key]
+            wanted.flight.task = table.spawn(_load_and_write(table, config, key, wanted))
+            handed_over.add(key)
+        await _write_backfills(config, backfills)
+    except BaseException as caught:  # delivered to every waiter by finish()
+        error = caught
+        if not isinstance(caught, Exception):
+            raise
+    finally:
+        table.finish(((k, w.flight) for k, w in group.items() if k not in handed_over), error)
+
+
+async def _load_and_write(
+    table: singleflight.FlightTable, config: NodeConfig, key: str, wanted: _Wanted
+) -> None:
+    """Load one key from its source, answer its waiters, write it into every tier."""
+    flight = wanted.flight
+    error: BaseException | None = None
+    try:
+        value = await _load_one(config, wanted.node, wanted.load)
+        write = not flight.stale and _admitted(config, key)
+        if write:
+            _write_local(config.tiers, {key: value})
+        flight.resolve(value, False)
+        if write:
+            await _write_remotes(config, config.tiers, {key: value})
+    except BaseException as caught:
+        error = caught
+        if not isinstance(caught, Exception):
+            raise
+    finally:
+        table.finish(((key, flight),), error)
+
+
+async def _fetch_many(
+    table: singleflight.FlightTable,
+    config: NodeConfig,
+    wanted: dict[str, Node],
+    flights: dict[str, singleflight.Flight],
+) -> None:
+    """get_all's fetch: one batch read per tier, one ``load_all`` for the rest, batch writes."""
+    error: BaseException | None = None
+    try:
+        missing, backfills = await _read_remote_tiers(
+            config,
+            list(wanted),
+            lambda key: flights[key].stale,
+            lambda key, value: flights[key].resolve(value, True),
+        )
+        loaded: dict[str, Any] = {}
+        if missing:
+            try:
+                results = await _load_many(config, [wanted[key] for key in missing])
+            except Exception as caught:
+                error = caught
+            else:
+                for key, value in zip(missing, results, strict=True):
+                    if not flights[key].stale and _admitted(config, key):
+                        loaded[key] = value
+                _write_local(config.tiers, loaded)
+                for key, value in zip(missing, results, strict=True):
+                    flights[key].resolve(value, False)
+        await _write_backfills(config, backfills)
+        await _write_remotes(config, config.tiers, loaded)
+    except BaseException as caught:
+        error = caught
+        if not isinstance(caught, Exception):
+            raise
+    finally:
+        table.finish(flights.items(), error)
 
 
 # ---------------------------------------------------------------- public API
@@ -395,17 +487,15 @@ async def _get_missing(config: NodeConfig, node: Node, key: str, load: Loader | 
         if value is not MISSING:
             config.metrics._hits += 1
             return value
-    flights = singleflight.table()
-    flight = flights.get(key)
+    table = singleflight.table()
+    flight = table.flights.get(key)
     if flight is None:
-        flight = singleflight.launch(
-            flights, (key,), lambda started: _fetch_one(config, node, key, load, started)
-        )[key]
-    elif flight.future.done():
-        # Fetched already and being written back: this request caused no load.
+        flight = _want(table, config, key, node, load)
+    elif flight.outcome is not None:
+        # Fetched already, being written back: this request caused no load.
         config.metrics._hits += 1
-        return flight.future.result()[0]
-    value, from_cache = await singleflight.wait(flight)
+        return flight.outcome[0]
+    value, from_cache = await flight.wait()
     if from_cache:
         config.metrics._hits += 1
     return value
@@ -453,17 +543,20 @@ async def get_all(nodes: Sequence[Node]) -> list[Any]:
         missing = dict(zip(keys, nodes, strict=True))
     hit_keys = set(results)
     if missing:
-        flights = singleflight.table()
+        table = singleflight.table()
+        flights = table.flights
         waiting = {key: flights[key] for key in missing if key in flights}
-        hit_keys.update(key for key, flight in waiting.items() if flight.future.done())
+        hit_keys.update(key for key, flight in waiting.items() if flight.outcome is not None)
         to_fetch = {key: node for key, node in missing.items() if key not in waiting}
         if to_fetch:
-            waiting.update(
-                singleflight.launch(flights, to_fetch, lambda started: _fetch_many(config, to_fetch, started))
-            )
-        await singleflight.wait_all(waiting.values())
+            started = {key: singleflight.Flight() for key in to_fetch}
+            flights.update(started)
+            task = table.spawn(_fetch_many(table, config, to_fetch, started))
+            for flight in started.values():
+                flight.task = task
+            waiting.update(started)
         for key, flight in waiting.items():
-            value, from_cache = flight.future.result()
+            value, from_cache = await flight.wait()
             results[key] = value
             if from_cache:
                 hit_keys.add(key)
@@ -478,10 +571,10 @@ async def _mark_stale(key: str) -> None:
     wait until that write is done, so that what the caller does next lands
     after it.
     """
-    flight = singleflight.table().get(key)
+    flight = singleflight.table().flights.get(key)
     if flight is not None:
         flight.stale = True
-        if flight.future.done():
+        if flight.done:
             await singleflight.settle(flight)
 
 

@@ -70,7 +70,7 @@ class Metrics:
         return self._load_time_ns / loads if loads else 0.0
 
     def storage_error_count(self) -> int:
-        """Storage reads and writes that failed (each was a miss or a skipped write)."""
+        """Keys whose storage read or write failed (each read a miss, each write skipped)."""
         return self._storage_errors
 
     def as_dict(self) -> dict[str, int | float]:

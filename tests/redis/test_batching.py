@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 
 import pytest
 import pytest_asyncio
@@ -174,3 +175,34 @@ async def test_concurrent_cacheme_gets_read_with_one_mget(registered: str, contr
     calls = commandstats(control)
     assert calls.get("mget") == 1
     assert "get" not in calls
+
+
+async def test_a_write_batch_mixing_ttls_and_repeating_keys(
+    server: RedisServer, control: redis.Redis
+) -> None:
+    # Concurrent sets land in one batch: keys without expiry go out as MSET, the others as SET PX,
+    # and for a key written twice in the batch the later write wins, whichever kind it is.
+    storage = RedisStorage(server.url)
+    try:
+        await storage.connect()
+        control.config_resetstat()
+        await asyncio.gather(
+            storage.set("plain", b"1", None),
+            storage.set("short", b"2", timedelta(seconds=30)),
+            storage.set("becomes-plain", b"old", timedelta(seconds=30)),
+            storage.set("becomes-plain", b"new", None),
+            storage.set("becomes-short", b"old", None),
+            storage.set("becomes-short", b"new", timedelta(seconds=30)),
+        )
+        assert control.mget(["plain", "short", "becomes-plain", "becomes-short"]) == [
+            b"1",
+            b"2",
+            b"new",
+            b"new",
+        ]
+        assert control.pttl("plain") == -1 and control.pttl("becomes-plain") == -1
+        assert 0 < control.pttl("short") <= 30_000 and 0 < control.pttl("becomes-short") <= 30_000
+        stats = commandstats(control)
+        assert stats.get("mset") == 1 and stats.get("set") == 2
+    finally:
+        await storage.close()

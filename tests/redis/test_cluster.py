@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import pytest_asyncio
 
@@ -98,3 +99,16 @@ async def test_get_all_of_1000_keys_over_all_slots(
     assert await asyncio.gather(*(cacheme.get(node) for node in nodes)) == expected
     assert metrics.hit_count() == 2000
     assert node_class.loaded == 1000
+
+
+async def test_a_write_batch_mixing_ttls_over_every_slot(
+    cluster_storage: RedisStorage, redis_cluster: RedisClusterProcesses
+) -> None:
+    forever = {f"forever:{i}": b"f" for i in range(300)}
+    expiring = {f"expiring:{i}": b"e" for i in range(300)}
+    await asyncio.gather(
+        *(cluster_storage.set(key, value, None) for key, value in forever.items()),
+        *(cluster_storage.set(key, value, timedelta(seconds=30)) for key, value in expiring.items()),
+    )
+    assert await cluster_storage.get_many([*forever, *expiring]) == forever | expiring
+    assert sum(keys_per_master(redis_cluster)) == 600

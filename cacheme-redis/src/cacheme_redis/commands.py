@@ -71,13 +71,31 @@ class RedisCommands:
             await self.client.set(key, value, px=ttl_ms)
 
     async def set_many(self, items: Sequence[SetItem]) -> None:
-        """Every SET in one non-transactional pipeline (later items win over earlier ones)."""
+        """Write every item in one round trip per server (later items win over earlier ones).
+
+        Keys without expiry go out as MSET (one per hash slot on a cluster), keys
+        with one as ``SET key value PX ms``, all in one non-transactional pipeline.
+        """
         if not items:
             return
+        latest: dict[str, tuple[bytes, int | None]] = {}
+        for key, value, ttl_ms in items:
+            latest[key] = (value, ttl_ms)
+        forever = [key for key, (_, ttl_ms) in latest.items() if ttl_ms is None]
         async with self._slot():
+            groups = self._by_slot(forever) if forever else []
+            if len(groups) == 1 and len(forever) == len(latest):
+                await self.client.mset({key: latest[key][0] for key in forever})
+                return
             pipe = self.client.pipeline(transaction=False)
-            for key, value, ttl_ms in items:
-                pipe.set(key, value, px=ttl_ms)
+            for group in groups:
+                arguments: list[str | bytes] = []
+                for key in group:
+                    arguments += (key, latest[key][0])
+                pipe.execute_command("MSET", *arguments)
+            for key, (value, ttl_ms) in latest.items():
+                if ttl_ms is not None:
+                    pipe.execute_command("SET", key, value, "PX", ttl_ms)
             await pipe.execute()
 
     async def delete(self, key: str) -> None:

@@ -18,6 +18,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 __all__ = ["RedisCommands", "SetItem"]
 
+# Keys per MGET: a larger read is split into several MGETs in one pipeline, so
+# that no single command keeps the server busy for long.
+MGET_CHUNK = 10_000
+
 # A key, its value, and its expiry in milliseconds (None: never expires).
 SetItem = tuple[str, bytes, "int | None"]
 
@@ -51,7 +55,11 @@ class RedisCommands:
         if not unique:
             return []
         async with self._slot():
-            groups = self._by_slot(unique)
+            groups = [
+                group[start : start + MGET_CHUNK]
+                for group in self._by_slot(unique)
+                for start in range(0, len(group), MGET_CHUNK)
+            ]
             if len(groups) == 1:
                 values = cast("list[bytes | None]", await self.client.mget(unique))
                 found = dict(zip(unique, values, strict=True))

@@ -9,16 +9,20 @@ opened them.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.backoff import NoBackoff
+from redis.driver_info import DriverInfo
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+import cacheme
 from cacheme.errors import StorageConfigError
 
 __all__ = ["DEFAULT_DRIVER_OPTIONS", "RedisSettings", "build_client"]
@@ -138,10 +142,20 @@ class RedisSettings:
             raise StorageConfigError(f"redis storage: bad option or url {self.url!r}: {error}") from None
 
 
+@functools.cache
+def _driver_info() -> DriverInfo:
+    """What CLIENT SETINFO reports: ``redis-py(cacheme_v<version>)`` and redis-py's version."""
+    return DriverInfo(lib_version=redis.__version__).add_upstream_driver("cacheme", cacheme.__version__)
+
+
 def build_client(settings: RedisSettings) -> Redis | RedisCluster:
     """A new client for ``settings``: opens no connection until it is used."""
     options = dict(settings.driver_options)
     options.setdefault("retry", Retry(NoBackoff(), DEFAULT_RETRIES))
+    if not {"driver_info", "lib_name", "lib_version"} & options.keys():
+        # Given once here, because redis-py otherwise reads its own version from the package
+        # metadata (an email-format parse, ~1 ms) for every connection it opens.
+        options["driver_info"] = _driver_info()
     if settings.cluster:
         # One spare connection per node for the topology refresh the client runs itself;
         # the storage's own semaphore keeps requests to pool_size.

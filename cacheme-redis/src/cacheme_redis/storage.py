@@ -5,12 +5,12 @@ URLs: ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS) and
 ``pool_timeout``, ``batch``; any other keyword goes to redis-py (see
 ``options.py``).
 
-With ``batch=True`` (the default), the single ``get`` calls made in one turn
-of the event loop go to Redis as one MGET, and the single ``set`` calls as
-one pipeline (see ``batching.py``). Everything that belongs to a loop (the
-client, its connections, the pending batches) is kept per event loop, so
-two loops in two threads never share a connection or a batch; ``close``
-closes the calling loop's share.
+With ``batch=True`` (the default), the reads made in one turn of the event
+loop (``get`` and ``get_many`` alike) go to Redis as one MGET, and the
+writes (``set`` and ``set_many``) as one pipeline (see ``batching.py``).
+Everything that belongs to a loop (the client, its connections, the pending
+batches) is kept per event loop, so two loops in two threads never share a
+connection or a batch; ``close`` closes the calling loop's share.
 
 Errors are raised as redis-py raises them (``redis.exceptions.RedisError``
 and its subclasses); cacheme's engine turns them into misses and skipped
@@ -39,17 +39,30 @@ class _LoopState:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, settings: RedisSettings) -> None:
         self.commands = RedisCommands(build_client(settings), settings.pool_size, settings.pool_timeout)
-        self.gets: Coalescer[str, bytes | None] = Coalescer(loop, self.commands.mget)
-        self.sets: Coalescer[SetItem, None] = Coalescer(loop, self._set_batch)
+        # Each request is a list of keys (one for a get); a batch is one MGET of them all.
+        self.reads: Coalescer[Sequence[str], list[bytes | None]] = Coalescer(loop, self._read_batch)
+        # Each request is a list of items (one for a set); a batch is one write pipeline.
+        self.writes: Coalescer[Sequence[SetItem], None] = Coalescer(loop, self._write_batch)
 
-    async def _set_batch(self, items: list[SetItem]) -> list[None]:
-        await self.commands.set_many(items)
-        return [None] * len(items)
+    async def _read_batch(self, requests: list[Sequence[str]]) -> list[list[bytes | None]]:
+        if len(requests) == 1:
+            return [await self.commands.mget(requests[0])]
+        values = await self.commands.mget([key for keys in requests for key in keys])
+        answers: list[list[bytes | None]] = []
+        start = 0
+        for keys in requests:
+            answers.append(values[start : start + len(keys)])
+            start += len(keys)
+        return answers
+
+    async def _write_batch(self, requests: list[Sequence[SetItem]]) -> list[None]:
+        await self.commands.set_many([item for items in requests for item in items])
+        return [None] * len(requests)
 
     async def close(self) -> None:
         try:
-            await self.gets.drain()
-            await self.sets.drain()
+            await self.reads.drain()
+            await self.writes.drain()
         finally:
             await self.commands.close()
 
@@ -116,24 +129,37 @@ class RedisStorage(BaseStorage):
     async def get(self, key: str) -> bytes | None:
         state = self._state()
         if self.settings.batch:
-            return await state.gets.submit(key)
+            return (await state.reads.submit((key,)))[0]
         return await state.commands.get(key)
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
-        values = await self._state().commands.mget(keys)
+        if not keys:
+            return {}
+        state = self._state()
+        if self.settings.batch:
+            values = await state.reads.submit(keys)
+        else:
+            values = await state.commands.mget(keys)
         return {key: value for key, value in zip(keys, values, strict=True) if value is not None}
 
     async def set(self, key: str, value: Any, ttl: timedelta | None) -> None:
         state = self._state()
         ttl_ms = None if ttl is None else ttl_milliseconds(ttl)
         if self.settings.batch:
-            await state.sets.submit((key, value, ttl_ms))
+            await state.writes.submit(((key, value, ttl_ms),))
         else:
             await state.commands.set(key, value, ttl_ms)
 
     async def set_many(self, items: Mapping[str, Any], ttl: timedelta | None) -> None:
+        if not items:
+            return
+        state = self._state()
         ttl_ms = None if ttl is None else ttl_milliseconds(ttl)
-        await self._state().commands.set_many([(key, value, ttl_ms) for key, value in items.items()])
+        batch = [(key, value, ttl_ms) for key, value in items.items()]
+        if self.settings.batch:
+            await state.writes.submit(batch)
+        else:
+            await state.commands.set_many(batch)
 
     async def delete(self, key: str) -> None:
         await self._state().commands.delete(key)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -72,12 +73,26 @@ class SQLiteStorage(SqlStorage):
                 )
                 self._connections.append(connection)
                 if self.path != ":memory:":
-                    await connection.execute("PRAGMA journal_mode=WAL")
+                    await self._enable_wal(connection)
                     await connection.execute("PRAGMA synchronous=NORMAL")
                 self._idle.put_nowait(connection)
         except BaseException:
             await self._close_pool()
             raise
+
+    async def _enable_wal(self, connection: aiosqlite.Connection) -> None:
+        """Switch the file to WAL. SQLite answers "database is locked" at once, without its busy
+        timeout, when several connections switch a fresh file together: retry until command_timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.command_timeout
+        while True:
+            try:
+                await connection.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or loop.time() >= deadline:
+                    raise
+            await asyncio.sleep(0.01)
 
     async def _close_pool(self) -> None:
         connections, self._connections, self._idle = self._connections, [], None

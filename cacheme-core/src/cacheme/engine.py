@@ -300,7 +300,7 @@ class _Wanted:
 
 
 async def _read_remote_tiers(
-    config: NodeConfig, keys: Sequence[str], stale: Callable[[str], bool], resolve: Callable[[str, Any], None]
+    config: NodeConfig, flights: Mapping[str, singleflight.Flight]
 ) -> tuple[list[str], list[tuple[int, dict[str, Any], dict[str, bytes]]]]:
     """Read the tiers after the leading local ones, one batch per tier.
 
@@ -308,7 +308,7 @@ async def _read_remote_tiers(
     Returns the keys no tier has and the back-fills still to write remotely.
     """
     tiers = config.tiers
-    remaining = list(keys)
+    remaining = list(flights)
     backfills: list[tuple[int, dict[str, Any], dict[str, bytes]]] = []
     for index in range(config.local_prefix, len(tiers)):
         if not remaining:
@@ -319,13 +319,13 @@ async def _read_remote_tiers(
         values: dict[str, Any] = {}
         raws: dict[str, bytes] = {}
         for key, (value, raw) in found.items():
-            if not stale(key):
+            if not flights[key].stale:
                 values[key] = value
                 if raw is not None:
                     raws[key] = raw
         _write_local(tiers[:index], values)
         for key, (value, _raw) in found.items():
-            resolve(key, value)
+            flights[key].resolve(value, True)
         remaining = [key for key in remaining if key not in found]
         if values and index > config.local_prefix:
             backfills.append((index, values, raws))
@@ -367,12 +367,7 @@ async def _fetch_group(
     handed_over: set[str] = set()
     error: BaseException | None = None
     try:
-        missing, backfills = await _read_remote_tiers(
-            config,
-            list(group),
-            lambda key: group[key].flight.stale,
-            lambda key, value: group[key].flight.resolve(value, True),
-        )
+        missing, backfills = await _read_remote_tiers(config, {key: w.flight for key, w in group.items()})
         for key in missing:
             wanted = group[key]
             wanted.flight.task = table.spawn(_load_and_write(table, config, key, wanted))
@@ -417,12 +412,7 @@ async def _fetch_many(
     """get_all's fetch: one batch read per tier, one ``load_all`` for the rest, batch writes."""
     error: BaseException | None = None
     try:
-        missing, backfills = await _read_remote_tiers(
-            config,
-            list(wanted),
-            lambda key: flights[key].stale,
-            lambda key, value: flights[key].resolve(value, True),
-        )
+        missing, backfills = await _read_remote_tiers(config, flights)
         loaded: dict[str, Any] = {}
         if missing:
             try:
@@ -512,13 +502,14 @@ async def get_all(nodes: Sequence[Node]) -> list[Any]:
     node_class = type(nodes[0])
     config = configure(node_class)
     keys: list[str] = []
+    append = keys.append
     for node in nodes:
         if type(node) is not node_class:
             raise TypeError(
                 "get_all takes nodes of one class; "
                 f"got {node_class.__qualname__} and {type(node).__qualname__}"
             )
-        keys.append(node.full_key())
+        append(node.full_key())
     metrics = config.metrics
     metrics._requests += len(nodes)
     results: dict[str, Any] = {}
@@ -545,22 +536,29 @@ async def get_all(nodes: Sequence[Node]) -> list[Any]:
     if missing:
         table = singleflight.table()
         flights = table.flights
-        waiting = {key: flights[key] for key in missing if key in flights}
-        hit_keys.update(key for key, flight in waiting.items() if flight.outcome is not None)
-        to_fetch = {key: node for key, node in missing.items() if key not in waiting}
-        if to_fetch:
-            started = {key: singleflight.Flight() for key in to_fetch}
-            flights.update(started)
+        waiting: dict[str, singleflight.Flight] = {}
+        to_fetch: dict[str, Node] = {}
+        started: dict[str, singleflight.Flight] = {}
+        for key, node in missing.items():
+            flight = flights.get(key)
+            if flight is None:
+                to_fetch[key] = node
+                waiting[key] = started[key] = flights[key] = singleflight.Flight()
+            else:
+                waiting[key] = flight
+                if flight.outcome is not None:  # fetched already: this request caused no load
+                    hit_keys.add(key)
+        if started:
             task = table.spawn(_fetch_many(table, config, to_fetch, started))
             for flight in started.values():
                 flight.task = task
-            waiting.update(started)
         for key, flight in waiting.items():
-            value, from_cache = await flight.wait()
-            results[key] = value
-            if from_cache:
+            outcome = flight.outcome or await flight.wait()
+            results[key] = outcome[0]
+            if outcome[1]:
                 hit_keys.add(key)
-    metrics._hits += sum(1 for key in keys if key in hit_keys)
+    if hit_keys:
+        metrics._hits += sum(1 for key in keys if key in hit_keys)
     return [results[key] for key in keys]
 
 

@@ -43,7 +43,7 @@ class Flight:
         return self.outcome is not None or self.error is not None
 
     def resolve(self, value: Any, from_cache: bool) -> None:
-        if self.done:
+        if self.outcome is not None or self.error is not None:
             return
         self.outcome = outcome = (value, from_cache)
         for waiter in self.waiters:
@@ -52,7 +52,7 @@ class Flight:
         self.waiters.clear()
 
     def fail(self, error: BaseException) -> None:
-        if self.done:
+        if self.outcome is not None or self.error is not None:
             return
         self.error = error
         for waiter in self.waiters:
@@ -99,7 +99,7 @@ class FlightTable:
         for key, flight in flights:
             if table.get(key) is flight:
                 del table[key]
-            if not flight.done:
+            if flight.outcome is None and flight.error is None:
                 flight.fail(error or RuntimeError(f"cacheme: the fetch of {key!r} ended without a value"))
 
 

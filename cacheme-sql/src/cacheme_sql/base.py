@@ -15,7 +15,7 @@ import inspect
 import logging
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -23,7 +23,7 @@ from cacheme.errors import StorageConfigError
 from cacheme.storage import BaseStorage
 from cacheme_sql.ddl import DEFAULT_TABLE
 
-__all__ = ["MAX_TABLE_NAME_LENGTH", "SqlStorage", "check_table_name", "key_hash"]
+__all__ = ["MAX_TABLE_NAME_LENGTH", "SqlStorage", "check_table_name", "key_hash", "row_value", "rows_by_key"]
 
 logger = logging.getLogger("cacheme.sql")
 
@@ -51,6 +51,18 @@ def check_table_name(table: object) -> str:
 def key_hash(key: str) -> bytes:
     """The fixed-size (32 bytes) unique column: SHA-256 of the UTF-8 key."""
     return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+def row_value(row: Sequence[Any] | None, key: str) -> bytes | None:
+    """The value of a ``(cache_key, value)`` row read by ``key``'s hash, if it really is ``key``'s row."""
+    if row is None or row[0] != key:
+        return None
+    return bytes(row[1])
+
+
+def rows_by_key(rows: Iterable[Sequence[Any]], wanted: set[str]) -> dict[str, bytes]:
+    """``{cache_key: value}`` of the rows read by hash whose full key is one of ``wanted``."""
+    return {row[0]: bytes(row[1]) for row in rows if row[0] in wanted}
 
 
 def _seconds(name: str, value: object, *, allow_none: bool) -> float | None:

@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 import aiomysql
 
 from cacheme.errors import StorageConfigError
-from cacheme_sql.base import SqlStorage, driver_options, key_hash
+from cacheme_sql.base import SqlStorage, driver_options, key_hash, row_value, rows_by_key
 from cacheme_sql.ddl import ddl_statements
 
 __all__ = ["MySQLStorage"]
@@ -145,9 +145,7 @@ class MySQLStorage(SqlStorage):
             return await cursor.fetchone()
 
         row = await self._run(read)
-        if row is None or row[0] != key:
-            return None
-        return bytes(row[1])
+        return row_value(row, key)
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         if not keys:
@@ -160,7 +158,7 @@ class MySQLStorage(SqlStorage):
             return await cursor.fetchall()
 
         rows = await self._run(read)
-        return {row[0]: bytes(row[1]) for row in rows if row[0] in wanted}
+        return rows_by_key(rows, wanted)
 
     async def set(self, key: str, value: bytes, ttl: timedelta | None) -> None:
         await self.set_many({key: value}, ttl)

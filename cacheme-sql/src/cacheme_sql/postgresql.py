@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from cacheme.errors import StorageConfigError
-from cacheme_sql.base import SqlStorage, driver_options, key_hash
+from cacheme_sql.base import SqlStorage, driver_options, key_hash, row_value, rows_by_key
 from cacheme_sql.ddl import ddl_statements
 
 __all__ = ["PostgreSQLStorage"]
@@ -112,9 +112,7 @@ class PostgreSQLStorage(SqlStorage):
     async def get(self, key: str) -> bytes | None:
         async with self._acquire() as connection:
             row = await connection.fetchrow(self._sql_get, key_hash(key))
-        if row is None or row[0] != key:
-            return None
-        return bytes(row[1])
+        return row_value(row, key)
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         if not keys:
@@ -122,7 +120,7 @@ class PostgreSQLStorage(SqlStorage):
         wanted = set(keys)
         async with self._acquire() as connection:
             rows = await connection.fetch(self._sql_get_many, [key_hash(key) for key in wanted])
-        return {row[0]: bytes(row[1]) for row in rows if row[0] in wanted}
+        return rows_by_key(rows, wanted)
 
     async def set(self, key: str, value: bytes, ttl: timedelta | None) -> None:
         async with self._acquire() as connection:

@@ -16,7 +16,7 @@ from typing import Any
 import aiosqlite
 
 from cacheme.errors import StorageConfigError
-from cacheme_sql.base import SqlStorage, key_hash
+from cacheme_sql.base import SqlStorage, key_hash, row_value, rows_by_key
 from cacheme_sql.ddl import ddl_statements
 
 __all__ = ["SQLiteStorage"]
@@ -131,9 +131,7 @@ class SQLiteStorage(SqlStorage):
             connection.execute(self._sql_get, (key_hash(key),)) as cursor,
         ):
             row = await cursor.fetchone()
-        if row is None or row[0] != key:
-            return None
-        return bytes(row[1])
+        return row_value(row, key)
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         wanted = set(keys)
@@ -144,9 +142,7 @@ class SQLiteStorage(SqlStorage):
                 chunk = hashes[start : start + _MAX_PARAMS]
                 query = self._sql_get_many.format(marks=", ".join("?" * len(chunk)))
                 async with connection.execute(query, chunk) as cursor:
-                    for cache_key, value in await cursor.fetchall():
-                        if cache_key in wanted:
-                            found[cache_key] = bytes(value)
+                    found.update(rows_by_key(await cursor.fetchall(), wanted))
         return found
 
     async def set(self, key: str, value: bytes, ttl: timedelta | None) -> None:

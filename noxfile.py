@@ -74,3 +74,13 @@ def lint(session: nox.Session) -> None:
 def types(session: nox.Session) -> None:
     install(session, *ALL)
     session.run("mypy", "--strict")
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """The seed benchmarks against aiocache, cashews and cacheme 0.3.0 (writes benchmarks/RESULTS.md).
+
+    Not run by CI. Arguments go to benchmarks/run.py, e.g. ``nox -s bench -- --quick``.
+    """
+    install(session, "cacheme-core", "cacheme-local", "cacheme-redis[hiredis]")
+    session.run("python", "benchmarks/run.py", *session.posargs)

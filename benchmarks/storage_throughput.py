@@ -1,15 +1,16 @@
-"""Read and write throughput of the SQL storages through cacheme, next to the raw driver.
+"""Read and write throughput of the storages through cacheme, next to the raw driver.
 
-    .venv/bin/python benchmarks/sql_throughput.py [--keys 3000] [--concurrency 32]
-        [--backends sqlite,postgresql,mysql]
+    .venv/bin/python benchmarks/storage_throughput.py [--keys 3000] [--concurrency 32]
+        [--backends sqlite,postgresql,mysql,redis]
 
-For each backend, on a fresh table (dropped afterwards):
+For each backend, on a fresh table (SQL, dropped afterwards) or a fresh key space (Redis, deleted after):
   get read      cacheme.get of keys already cached          vs raw: SELECT one row
   get_all read  cacheme.get_all of 100 cached keys          vs raw: SELECT ... IN/ANY of 100 rows
   get write     cacheme.get of uncached keys (load + write) vs raw: SELECT one row (miss) + upsert
   get_all write cacheme.get_all of 100 uncached keys        vs raw: batch SELECT (miss) + batch upsert
-The raw side runs the very SQL strings the storage runs, on a pool of the same size, with the same key
-hashing and pickling, so the difference is what the engine adds. Figures are keys per second.
+The raw side runs the very SQL strings the storage runs (Redis: GET, MGET, SET PX and a pipeline of them),
+on a pool of the same size, with the same key hashing and pickling, so the difference is what the engine
+adds (and, for Redis, what its batching of concurrent requests saves). Figures are keys per second.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import aiomysql
 import aiosqlite
 import asyncpg
+import redis.asyncio as aioredis
 
 import cacheme
 from cacheme.serializer import PickleSerializer
@@ -36,6 +38,7 @@ from cacheme_sql.base import SqlStorage
 
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 MYSQL_URL = "mysql://root@127.0.0.1:3306/test"
+REDIS_URL = "redis://127.0.0.1:6379/0"
 BATCH = 100
 POOL_SIZE = 10
 TTL = timedelta(hours=1)
@@ -147,6 +150,41 @@ class Raw:
                 await c.execute("COMMIT")
 
 
+class RawRedis:
+    """The commands the Redis storage sends, straight through redis-py, one per call."""
+
+    def __init__(self, url: str) -> None:
+        self.client = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(url, max_connections=POOL_SIZE)
+        )
+        self.ttl_ms = TTL // timedelta(milliseconds=1)
+
+    async def open(self) -> None:
+        await self.client.ping()
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def get(self, key: str) -> Any:
+        data = cast("bytes | None", await self.client.get(key))
+        return None if data is None else pickle.loads(data)
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        values = cast("list[bytes | None]", await self.client.mget(keys))
+        return {
+            key: pickle.loads(value) for key, value in zip(keys, values, strict=True) if value is not None
+        }
+
+    async def set(self, key: str, value: Any) -> None:
+        await self.client.set(key, pickle.dumps(value, pickle.HIGHEST_PROTOCOL), px=self.ttl_ms)
+
+    async def set_many(self, items: dict[str, Any]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for key, value in items.items():
+            pipe.execute_command("SET", key, pickle.dumps(value, pickle.HIGHEST_PROTOCOL), "PX", self.ttl_ms)
+        await pipe.execute()
+
+
 def load_value(i: int) -> dict[str, Any]:
     return {"id": i, "name": f"user {i}", "payload": "x" * 100}
 
@@ -167,8 +205,14 @@ async def timed(keys: int, concurrency: int, work: Callable[[int], Awaitable[Any
 async def bench_backend(kind: str, url: str, keys: int, concurrency: int) -> list[tuple[str, float, float]]:
     table = f"bench_{uuid.uuid4().hex[:12]}"
     name = f"bench-{kind}"
-    storage = cacheme.Storage(url, table=table, pool_size=POOL_SIZE, sweep_interval=None)
-    assert isinstance(storage, SqlStorage)
+    raw: Raw | RawRedis
+    if kind == "redis":
+        storage = cacheme.Storage(url, pool_size=POOL_SIZE)
+        raw = RawRedis(url)
+    else:
+        storage = cacheme.Storage(url, table=table, pool_size=POOL_SIZE, sweep_interval=None)
+        assert isinstance(storage, SqlStorage)
+        raw = Raw(kind, storage)
     await cacheme.register_storage(name, storage)
 
     class BenchNode(cacheme.Node):
@@ -185,11 +229,10 @@ async def bench_backend(kind: str, url: str, keys: int, concurrency: int) -> lis
             return [load_value(getattr(node, "id")) for node in nodes]  # noqa: B009
 
         class Meta(cacheme.Node.Meta):
-            version = f"v{kind}"
+            version = table  # a key space of its own
             caches = [cacheme.Cache(storage=name, ttl=TTL)]
             serializer = PickleSerializer()
 
-    raw = Raw(kind, storage)
     await raw.open()
     rows: list[tuple[str, float, float]] = []
     batches = keys // BATCH
@@ -251,7 +294,13 @@ async def bench_backend(kind: str, url: str, keys: int, concurrency: int) -> lis
 
 
 async def drop(kind: str, url: str, table: str) -> None:
-    if kind == "postgresql":
+    if kind == "redis":
+        client = aioredis.Redis.from_url(url)
+        keys = [key async for key in client.scan_iter(match=f"cacheme:bench:*:{table}", count=1000)]
+        for start in range(0, len(keys), 1000):
+            await client.delete(*keys[start : start + 1000])
+        await client.aclose()
+    elif kind == "postgresql":
         connection = await asyncpg.connect(url)
         await connection.execute(f"DROP TABLE IF EXISTS {table}")
         await connection.close()
@@ -268,10 +317,15 @@ async def main() -> None:
     )
     parser.add_argument("--keys", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--backends", default="sqlite,postgresql,mysql")
+    parser.add_argument("--backends", default="sqlite,postgresql,mysql,redis")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        urls = {"sqlite": f"sqlite:///{tmp}/bench.db", "postgresql": POSTGRES_URL, "mysql": MYSQL_URL}
+        urls = {
+            "sqlite": f"sqlite:///{tmp}/bench.db",
+            "postgresql": POSTGRES_URL,
+            "mysql": MYSQL_URL,
+            "redis": REDIS_URL,
+        }
         print(f"keys={args.keys} concurrency={args.concurrency} pool_size={POOL_SIZE}; keys/s")
         print(f"{'backend':<11} {'operation':<28} {'cacheme':>10} {'raw driver':>11} {'ratio':>6}")
         for kind in args.backends.split(","):

@@ -1,0 +1,217 @@
+"""Runner for this repository's cacheme (core, local, redis), run with the interpreter that has them.
+
+Variants:
+- ``redis``: caches = [Redis], ``await cacheme.get(BenchNode(n))``;
+- ``chain``: caches = [local tlfu, Redis];
+- ``memoize``: caches = [Redis] through ``cacheme.Memoize`` (the function is the source, like the peers'
+  decorators);
+- ``memoize-chain``: the same with [local tlfu, Redis].
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from importlib.metadata import version
+from typing import Any
+
+import harness
+from theine import Cache as TheineCache
+
+import cacheme
+from cacheme.serializer import PickleSerializer
+
+LOCAL_SIZE = 100_000
+# The peers wait for a pooled connection without limit; ours waits up to this many seconds (default 3).
+POOL_TIMEOUT = 60.0
+REDIS_ONLY = [cacheme.Cache(storage="redis", ttl=None)]
+LOCAL_THEN_REDIS = [cacheme.Cache(storage="local", ttl=None), cacheme.Cache(storage="redis", ttl=None)]
+
+
+class BenchNode(cacheme.Node):
+    n: int
+
+    def key(self) -> str:
+        return f"bench:{self.n}"
+
+    async def load(self) -> int:
+        return await harness.load_one(self.n)
+
+    @classmethod
+    async def load_all(cls, nodes: Sequence[cacheme.Node]) -> Sequence[Any]:
+        return await harness.load_many([node.n for node in nodes if isinstance(node, BenchNode)])
+
+    class Meta(cacheme.Node.Meta):
+        version = "v1"
+        caches = REDIS_ONLY
+        serializer = PickleSerializer()
+
+
+class MemoNode(cacheme.Node):
+    n: int
+
+    def key(self) -> str:
+        return f"memo:{self.n}"
+
+    class Meta(cacheme.Node.Meta):
+        version = "v1"
+        caches = REDIS_ONLY
+        serializer = PickleSerializer()
+
+
+@cacheme.Memoize(MemoNode)
+async def memoized_load(n: int) -> int:
+    return await harness.load_one(n)
+
+
+@memoized_load.to_node
+def _(n: int) -> MemoNode:
+    return MemoNode(n)
+
+
+class LocalNode(cacheme.Node):
+    n: int
+
+    def key(self) -> str:
+        return f"local:{self.n}"
+
+    async def load(self) -> int:
+        return self.n
+
+    class Meta(cacheme.Node.Meta):
+        version = "v1"
+        caches = [cacheme.Cache(storage="local", ttl=None)]
+
+
+class DictStorage(cacheme.LocalStorage):
+    """A plain dict as the local tier: the micro benchmark's measure of the engine alone."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._data: dict[str, Any] = {}
+
+    async def close(self) -> None:
+        self._data.clear()
+
+    def get_sync(self, key: str) -> Any:
+        return self._data.get(key, cacheme.MISSING)
+
+    def set_sync(self, key: str, value: Any, ttl: Any) -> None:
+        self._data[key] = value
+
+    def delete_sync(self, key: str) -> None:
+        self._data.pop(key, None)
+
+
+class DictNode(cacheme.Node):
+    n: int
+
+    def key(self) -> str:
+        return f"dict:{self.n}"
+
+    async def load(self) -> int:
+        return self.n
+
+    class Meta(cacheme.Node.Meta):
+        version = "v1"
+        caches = [cacheme.Cache(storage="dict", ttl=None)]
+
+
+async def setup(args: Any) -> None:
+    await cacheme.register_storage("local", cacheme.Storage("local://tlfu", size=LOCAL_SIZE))
+    await cacheme.register_storage("dict", DictStorage("dict://"))
+    if args.workload != "micro":
+        storage = cacheme.Storage(
+            harness.redis_url(args.port), pool_size=harness.POOL_SIZE, pool_timeout=POOL_TIMEOUT
+        )
+        await cacheme.register_storage("redis", storage)
+    if args.variant.endswith("chain"):
+        BenchNode.Meta.caches = LOCAL_THEN_REDIS
+        MemoNode.Meta.caches = LOCAL_THEN_REDIS
+
+
+async def micro(args: Any) -> dict[str, Any]:
+    number, repeat = args.number, args.repeat
+    node = LocalNode(1)
+    await cacheme.get(node)
+    batch = [LocalNode(i) for i in range(20)]
+    await cacheme.get_all(batch)
+    raw: TheineCache[str, int] = TheineCache(1000)
+    raw_key = node.full_key()
+    raw.set(raw_key, 1)
+
+    async def get_same() -> None:
+        for _ in range(number):
+            await cacheme.get(node)
+
+    async def get_new() -> None:
+        for _ in range(number):
+            await cacheme.get(LocalNode(1))
+
+    async def theine_get() -> None:
+        for _ in range(number):
+            raw.get(raw_key)
+
+    batch_number = max(1, number // 20)
+
+    async def get_all_20() -> None:
+        for _ in range(batch_number):
+            await cacheme.get_all(batch)
+
+    dict_node = DictNode(1)
+    await cacheme.get(dict_node)
+
+    async def get_dict() -> None:
+        for _ in range(number):
+            await cacheme.get(dict_node)
+
+    dict_batch = [DictNode(i) for i in range(20)]
+    await cacheme.get_all(dict_batch)
+
+    async def get_all_20_dict() -> None:
+        for _ in range(batch_number):
+            await cacheme.get_all(dict_batch)
+
+    return {
+        "get_hit_ns": await harness.time_per_op(get_same, number, repeat),
+        "get_hit_new_node_ns": await harness.time_per_op(get_new, number, repeat),
+        "theine_get_ns": await harness.time_per_op(theine_get, number, repeat),
+        "get_all_20_ns": await harness.time_per_op(get_all_20, batch_number, repeat),
+        "get_hit_dict_tier_ns": await harness.time_per_op(get_dict, number, repeat),
+        "get_all_20_dict_tier_ns": await harness.time_per_op(get_all_20_dict, batch_number, repeat),
+    }
+
+
+async def get_one(key: int) -> Any:
+    return await cacheme.get(BenchNode(key))
+
+
+async def get_many(keys: list[int]) -> list[Any]:
+    return await cacheme.get_all([BenchNode(key) for key in keys])
+
+
+async def main() -> None:
+    args = harness.parse_args(["redis", "chain", "memoize", "memoize-chain", "local"])
+    await setup(args)
+    result: dict[str, Any] = {"lib": "cacheme", "version": version("cacheme-core")}
+    if args.workload == "micro":
+        result.update(await micro(args))
+    else:
+        jobs = harness.load_jobs(args.keys)
+        result["unique"] = harness.unique_keys(jobs)
+        call: Callable[[Any], Awaitable[Any]]
+        node_class: type[cacheme.Node]
+        if args.workload == "batch":
+            call, node_class = get_many, BenchNode
+        elif args.variant.startswith("memoize"):
+            call, node_class = memoized_load, MemoNode
+        else:
+            call, node_class = get_one, BenchNode
+        result.update(await harness.drain(jobs, call, args.workers))
+        result["storage_errors"] = cacheme.stats(node_class).storage_error_count()
+        await cacheme.unregister_storage("redis")
+    harness.emit(result)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

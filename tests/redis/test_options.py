@@ -88,3 +88,24 @@ async def test_connect_to_a_dead_server_raises_quickly() -> None:
     with pytest.raises(Exception, match=r"(?i)connect"):
         await storage.connect()
     await storage.close()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("GET", "key"),
+        ("CONFIG GET", "maxmemory"),
+        (b"CLIENT SETINFO", b"LIB-NAME", "redis-py(cacheme_v1.0.0)"),
+        ("MSET", "ключ", b"\x00\xff" * 5000, "k2", "v" * 20_000),
+        ("SET", "k", b"v", "PX", 300),
+        ("INCRBYFLOAT", "k", 1.5),
+    ],
+)
+def test_hiredis_packing_sends_exactly_what_redis_py_would(args: tuple[Any, ...]) -> None:
+    from redis.asyncio.connection import Connection
+
+    from cacheme_redis.options import hiredis_packing
+
+    packing = hiredis_packing(Connection)
+    assert packing is not Connection  # the hiredis extra is installed for the tests
+    assert b"".join(packing().pack_command(*args)) == b"".join(Connection().pack_command(*args))

@@ -241,9 +241,7 @@ async def _write_remote(config: NodeConfig, tier: Tier, payload: Mapping[str, by
 def _admitted(config: NodeConfig, key: str) -> bool:
     """The doorkeeper's verdict on caching a freshly loaded key."""
     doorkeeper = config.doorkeeper
-    if doorkeeper is None:
-        return True
-    if doorkeeper.contains(key):
+    if doorkeeper is None or doorkeeper.contains(key):
         return True
     doorkeeper.put(key)
     return False
@@ -500,7 +498,9 @@ async def get_all(nodes: Sequence[Node]) -> list[Any]:
     if not nodes:
         return []
     node_class = type(nodes[0])
-    config = configure(node_class)
+    config: NodeConfig | None = node_class._cacheme_config
+    if config is None or config.generation != registry._generation:
+        config = configure(node_class)
     keys: list[str] = []
     append = keys.append
     for node in nodes:

@@ -15,8 +15,8 @@ where and under which key the result is cached.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
-from typing import Generic, ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Generic, ParamSpec, TypeVar
 
 from cacheme import engine
 from cacheme.errors import NodeDefinitionError
@@ -45,7 +45,8 @@ class Memoized(Generic[P, R]):
         self._to_node = mapper
         return mapper
 
-    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        """The coroutine of the call (no coroutine of its own around the engine's)."""
         mapper = self._to_node
         if mapper is None:
             raise NodeDefinitionError(
@@ -62,8 +63,7 @@ class Memoized(Generic[P, R]):
                     f"expected {self.node_class.__qualname__}"
                 )
         function = self.function
-        value: R = await engine.get(node, lambda: function(*args, **kwargs))
-        return value
+        return engine.get(node, lambda: function(*args, **kwargs))
 
 
 class Memoize:

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import redis
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.backoff import NoBackoff
 from redis.driver_info import DriverInfo
-from redis.exceptions import RedisError
+from redis.exceptions import DataError, RedisError
 from redis.retry import Retry
 
 import cacheme
@@ -142,6 +143,48 @@ class RedisSettings:
             raise StorageConfigError(f"redis storage: bad option or url {self.url!r}: {error}") from None
 
 
+def _hiredis_packer() -> Callable[[tuple[Any, ...]], bytes] | None:
+    try:
+        from hiredis import pack_command
+    except ImportError:  # the hiredis extra is not installed: redis-py packs in Python
+        return None
+    return cast("Callable[[tuple[Any, ...]], bytes]", pack_command)
+
+
+_PACK = _hiredis_packer()
+
+
+class _HiredisPacking:
+    """Packs commands with hiredis's C packer, as redis-py's sync client does; its asyncio
+    connection packs in Python, argument by argument (a large MGET or MSET costs milliseconds)."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        assert _PACK is not None
+        first = args[0]
+        if isinstance(first, str):
+            args = (*first.encode().split(), *args[1:])
+        elif b" " in first:
+            args = (*first.split(), *args[1:])
+        try:
+            return [_PACK(args)]
+        except TypeError as error:  # what redis-py raises for a value it cannot send
+            raise DataError(str(error)) from error
+
+
+_packing_classes: dict[type[Any], type[Any]] = {}
+
+
+def hiredis_packing(connection_class: type[Any]) -> type[Any]:
+    """``connection_class`` packing with hiredis, when hiredis is installed (the ``hiredis`` extra)."""
+    if _PACK is None:
+        return connection_class
+    packing = _packing_classes.get(connection_class)
+    if packing is None:
+        packing = type(connection_class.__name__, (_HiredisPacking, connection_class), {})
+        _packing_classes[connection_class] = packing
+    return packing
+
+
 @functools.cache
 def _driver_info() -> DriverInfo:
     """What CLIENT SETINFO reports: ``redis-py(cacheme_v<version>)`` and redis-py's version."""
@@ -163,4 +206,5 @@ def build_client(settings: RedisSettings) -> Redis | RedisCluster:
     pool = BlockingConnectionPool.from_url(
         settings.url, max_connections=settings.pool_size, timeout=settings.pool_timeout, **options
     )
+    pool.connection_class = hiredis_packing(pool.connection_class)
     return Redis.from_pool(pool)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["core", "local", "redis", "sql", "mongo", "lint", "types"]
+nox.options.sessions = ["core", "local", "redis", "sql", "mongo", "integration", "lint", "types"]
 nox.options.reuse_existing_virtualenvs = True
 
 TEST_REQUIREMENTS = "requirements-test.txt"
@@ -52,6 +52,12 @@ def sql(session: nox.Session) -> None:
 def mongo(session: nox.Session) -> None:
     install(session, "cacheme-core", "cacheme-local", "cacheme-mongo")
     session.run("pytest", "tests/mongo", "tests/conformance", "-k", "mongo", *session.posargs)
+
+
+@nox.session
+def integration(session: nox.Session) -> None:
+    install(session, "cacheme-core", "cacheme-local", "cacheme-redis[hiredis]", "cacheme-sql[sqlite]")
+    session.run("pytest", "tests/integration", *session.posargs)
 
 
 ALL = [

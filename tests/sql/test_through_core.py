@@ -103,6 +103,47 @@ async def _mysql_blocked(table: str, admin: Any) -> list[int]:
         return [row[0] for row in await cursor.fetchall()]
 
 
+class TableLock:
+    """``db``'s table locked from a connection of its own, until ``release`` or the end of the block."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.admin: Any = None
+        self._transaction: Any = None
+        self._released = False
+
+    async def __aenter__(self) -> TableLock:
+        if self.db.kind == "postgresql":
+            self.admin = await raw_postgres()
+            self._transaction = self.admin.transaction()
+            await self._transaction.start()
+            await self.admin.execute(f"LOCK TABLE {self.db.table} IN ACCESS EXCLUSIVE MODE")
+        else:
+            self.admin = await raw_mysql()
+            async with self.admin.cursor() as cursor:
+                await cursor.execute(f"LOCK TABLES {self.db.table} WRITE")
+        return self
+
+    async def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        if self.db.kind == "postgresql":
+            await self._transaction.rollback()
+        else:
+            async with self.admin.cursor() as cursor:
+                await cursor.execute("UNLOCK TABLES")
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            await self.release()
+        finally:
+            if self.db.kind == "postgresql":
+                await self.admin.close()
+            else:
+                self.admin.close()
+
+
 async def _wait_for(find: Any, count: int) -> list[int]:
     for _ in range(200):
         found: list[int] = await find()
@@ -120,16 +161,7 @@ async def test_killed_connections_are_survived_and_the_pool_recovers(server_db: 
         metrics = cacheme.stats(node)
         # Hold the table locked from another connection so the pool's queries are in flight, then
         # kill exactly those connections from that other connection.
-        if db.kind == "postgresql":
-            admin = await raw_postgres()
-            transaction = admin.transaction()
-            await transaction.start()
-            await admin.execute(f"LOCK TABLE {db.table} IN ACCESS EXCLUSIVE MODE")
-        else:
-            admin = await raw_mysql()
-            async with admin.cursor() as cursor:
-                await cursor.execute(f"LOCK TABLES {db.table} WRITE")
-        try:
+        async with TableLock(db) as lock:
             requests = []
             for i in range(40):
                 requests.append(asyncio.ensure_future(cacheme.get(node(id=i))))
@@ -145,19 +177,13 @@ async def test_killed_connections_are_survived_and_the_pool_recovers(server_db: 
                         assert await monitor.fetchval("SELECT pg_terminate_backend($1)", pid)
                 finally:
                     await monitor.close()
-                await transaction.rollback()
             else:
-                victims = await _wait_for(lambda: _mysql_blocked(db.table, admin), pool_size)
-                async with admin.cursor() as cursor:
+                victims = await _wait_for(lambda: _mysql_blocked(db.table, lock.admin), pool_size)
+                async with lock.admin.cursor() as cursor:
                     for thread_id in victims:
                         await cursor.execute(f"KILL {int(thread_id)}")
-                    await cursor.execute("UNLOCK TABLES")
+            await lock.release()
             results = await asyncio.wait_for(asyncio.gather(*requests), 30)
-        finally:
-            if db.kind == "postgresql":
-                await admin.close()
-            else:
-                admin.close()
         assert results == [{"id": i} for i in range(40)]  # every request answered (from the loader)
         assert node.loads == Counter(range(40))
         assert metrics.storage_error_count() >= len(victims)
@@ -182,28 +208,10 @@ async def test_a_locked_table_times_out_instead_of_hanging(server_db: Database) 
     await storage.connect()
     try:
         await storage.set("k", b"v", None)
-        admin: Any
-        if db.kind == "postgresql":
-            admin = await raw_postgres()
-            transaction = admin.transaction()
-            await transaction.start()
-            await admin.execute(f"LOCK TABLE {db.table} IN ACCESS EXCLUSIVE MODE")
-        else:
-            admin = await raw_mysql()
-            async with admin.cursor() as cursor:
-                await cursor.execute(f"LOCK TABLES {db.table} WRITE")
-        try:
+        async with TableLock(db):
             for _ in range(3):
                 with pytest.raises((asyncio.TimeoutError, TimeoutError)):
                     await asyncio.wait_for(storage.get("k"), 20)
-        finally:
-            if db.kind == "postgresql":
-                await transaction.rollback()
-                await admin.close()
-            else:
-                async with admin.cursor() as cursor:
-                    await cursor.execute("UNLOCK TABLES")
-                admin.close()
         assert await storage.get("k") == b"v"  # the pool recovered its timed-out connections
     finally:
         await storage.close()

@@ -10,20 +10,21 @@ one round trip, all nodes in parallel. No CROSSSLOT error is possible.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import cast
 
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-__all__ = ["RedisCommands", "SetItem"]
+__all__ = ["RedisCommands", "WriteRequest"]
 
 # Keys per MGET: a larger read is split into several MGETs in one pipeline, so
 # that no single command keeps the server busy for long.
 MGET_CHUNK = 10_000
 
-# A key, its value, and its expiry in milliseconds (None: never expires).
-SetItem = tuple[str, bytes, "int | None"]
+# Values to write with one expiry in milliseconds (None: never expires).
+WriteRequest = tuple[Mapping[str, bytes], "int | None"]
 
 
 class RedisCommands:
@@ -61,7 +62,9 @@ class RedisCommands:
                 for start in range(0, len(group), MGET_CHUNK)
             ]
             if len(groups) == 1:
-                values = cast("list[bytes | None]", await self.client.mget(unique))
+                values = cast("list[bytes | None]", await self.client.execute_command("MGET", *unique))
+                if len(unique) == len(keys):
+                    return values  # no key repeated: already aligned with ``keys``
                 found = dict(zip(unique, values, strict=True))
             else:
                 pipe = self.client.pipeline(transaction=False)
@@ -78,32 +81,22 @@ class RedisCommands:
         async with self._slot():
             await self.client.set(key, value, px=ttl_ms)
 
-    async def set_many(self, items: Sequence[SetItem]) -> None:
-        """Write every item in one round trip per server (later items win over earlier ones).
-
-        Keys without expiry go out as MSET (one per hash slot on a cluster), keys
-        with one as ``SET key value PX ms``, all in one non-transactional pipeline.
-        """
-        if not items:
+    async def set_many(self, forever: Mapping[str, bytes], expiring: Mapping[str, tuple[bytes, int]]) -> None:
+        """Write keys without expiry (``forever``) and with one (``expiring``: value, ms) in one round
+        trip per server: MSET for the first (one per hash slot on a cluster), ``SET key value PX ms``
+        for the others, in one non-transactional pipeline. A key is in at most one of the two."""
+        if not forever and not expiring:
             return
-        latest: dict[str, tuple[bytes, int | None]] = {}
-        for key, value, ttl_ms in items:
-            latest[key] = (value, ttl_ms)
-        forever = [key for key, (_, ttl_ms) in latest.items() if ttl_ms is None]
         async with self._slot():
-            groups = self._by_slot(forever) if forever else []
-            if len(groups) == 1 and len(forever) == len(latest):
-                await self.client.mset({key: latest[key][0] for key in forever})
+            groups = self._by_slot(list(forever)) if forever else []
+            if len(groups) == 1 and not expiring:
+                await self.client.execute_command("MSET", *_pairs(forever.items()))
                 return
             pipe = self.client.pipeline(transaction=False)
             for group in groups:
-                arguments: list[str | bytes] = []
-                for key in group:
-                    arguments += (key, latest[key][0])
-                pipe.execute_command("MSET", *arguments)
-            for key, (value, ttl_ms) in latest.items():
-                if ttl_ms is not None:
-                    pipe.execute_command("SET", key, value, "PX", ttl_ms)
+                pipe.execute_command("MSET", *_pairs((key, forever[key]) for key in group))
+            for key, (value, ttl_ms) in expiring.items():
+                pipe.execute_command("SET", key, value, "PX", ttl_ms)
             await pipe.execute()
 
     async def delete(self, key: str) -> None:
@@ -135,6 +128,11 @@ class RedisCommands:
 
     def _slot(self) -> _ClusterSlot:
         return _ClusterSlot(self._cluster_slots, self._pool_timeout)
+
+
+def _pairs(items: Iterable[tuple[str, bytes]]) -> Iterator[str | bytes]:
+    """``key1, value1, key2, value2, ...``: MSET's arguments."""
+    return itertools.chain.from_iterable(items)
 
 
 class _ClusterSlot:

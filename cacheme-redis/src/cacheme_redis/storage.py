@@ -28,10 +28,31 @@ from urllib.parse import urlsplit
 
 from cacheme.storage import BaseStorage, ttl_milliseconds
 from cacheme_redis.batching import Coalescer
-from cacheme_redis.commands import RedisCommands, SetItem
+from cacheme_redis.commands import RedisCommands, WriteRequest
 from cacheme_redis.options import RedisSettings, build_client
 
 __all__ = ["RedisStorage"]
+
+
+def split_by_expiry(
+    requests: Sequence[WriteRequest],
+) -> tuple[dict[str, bytes], dict[str, tuple[bytes, int]]]:
+    """The keys to write without expiry and those with one; for a key written twice, the later wins."""
+    forever: dict[str, bytes] = {}
+    expiring: dict[str, tuple[bytes, int]] = {}
+    for values, ttl_ms in requests:
+        if ttl_ms is None:
+            if expiring:
+                for key in values:
+                    expiring.pop(key, None)
+            forever.update(values)
+        else:
+            if forever:
+                for key in values:
+                    forever.pop(key, None)
+            for key, value in values.items():
+                expiring[key] = (value, ttl_ms)
+    return forever, expiring
 
 
 class _LoopState:
@@ -41,8 +62,8 @@ class _LoopState:
         self.commands = RedisCommands(build_client(settings), settings.pool_size, settings.pool_timeout)
         # Each request is a list of keys (one for a get); a batch is one MGET of them all.
         self.reads: Coalescer[Sequence[str], list[bytes | None]] = Coalescer(loop, self._read_batch)
-        # Each request is a list of items (one for a set); a batch is one write pipeline.
-        self.writes: Coalescer[Sequence[SetItem], None] = Coalescer(loop, self._write_batch)
+        # Each request is values with one expiry (one value for a set); a batch is one write pipeline.
+        self.writes: Coalescer[WriteRequest, None] = Coalescer(loop, self._write_batch)
 
     async def _read_batch(self, requests: list[Sequence[str]]) -> list[list[bytes | None]]:
         if len(requests) == 1:
@@ -55,8 +76,8 @@ class _LoopState:
             start += len(keys)
         return answers
 
-    async def _write_batch(self, requests: list[Sequence[SetItem]]) -> list[None]:
-        await self.commands.set_many([item for items in requests for item in items])
+    async def _write_batch(self, requests: list[WriteRequest]) -> list[None]:
+        await self.commands.set_many(*split_by_expiry(requests))
         return [None] * len(requests)
 
     async def close(self) -> None:
@@ -146,7 +167,7 @@ class RedisStorage(BaseStorage):
         state = self._state()
         ttl_ms = None if ttl is None else ttl_milliseconds(ttl)
         if self.settings.batch:
-            await state.writes.submit(((key, value, ttl_ms),))
+            await state.writes.submit(({key: value}, ttl_ms))
         else:
             await state.commands.set(key, value, ttl_ms)
 
@@ -154,12 +175,11 @@ class RedisStorage(BaseStorage):
         if not items:
             return
         state = self._state()
-        ttl_ms = None if ttl is None else ttl_milliseconds(ttl)
-        batch = [(key, value, ttl_ms) for key, value in items.items()]
+        request = (items, None if ttl is None else ttl_milliseconds(ttl))
         if self.settings.batch:
-            await state.writes.submit(batch)
+            await state.writes.submit(request)
         else:
-            await state.commands.set_many(batch)
+            await state.commands.set_many(*split_by_expiry([request]))
 
     async def delete(self, key: str) -> None:
         await self._state().commands.delete(key)

@@ -163,6 +163,48 @@ async def time_per_op(op: Callable[[], Awaitable[Any]], number: int, repeat: int
     return best
 
 
+async def local_hit_micro(
+    get: Callable[[Any], Awaitable[Any]],
+    get_all: Callable[[list[Any]], Awaitable[Any]],
+    make_node: Callable[[int], Any],
+    raw_get: Callable[..., Any],
+    raw_args: tuple[Any, ...],
+    number: int,
+    repeat: int,
+) -> dict[str, float]:
+    """ns per local hit through a library's ``get`` (same node, new node), per ``get_all`` of 20
+    local hits, and per raw cache read ``raw_get(*raw_args)`` of the same key. The nodes' tier must
+    be the in-process one; the first calls fill it."""
+    node = make_node(1)
+    await get(node)
+    batch = [make_node(i) for i in range(20)]
+    await get_all(batch)
+    batch_number = max(1, number // 20)
+
+    async def get_same() -> None:
+        for _ in range(number):
+            await get(node)
+
+    async def get_new() -> None:
+        for _ in range(number):
+            await get(make_node(1))
+
+    async def raw() -> None:
+        for _ in range(number):
+            raw_get(*raw_args)
+
+    async def get_all_20() -> None:
+        for _ in range(batch_number):
+            await get_all(batch)
+
+    return {
+        "get_hit_ns": await time_per_op(get_same, number, repeat),
+        "get_hit_new_node_ns": await time_per_op(get_new, number, repeat),
+        "theine_get_ns": await time_per_op(raw, number, repeat),
+        "get_all_20_ns": await time_per_op(get_all_20, batch_number, repeat),
+    }
+
+
 def emit(result: dict[str, Any]) -> None:
     """Print the result line the driver reads (the last line of stdout)."""
     sys.stdout.write(json.dumps(result) + "\n")

@@ -70,39 +70,12 @@ async def setup(args: Any) -> None:
 
 
 async def micro(args: Any) -> dict[str, Any]:
-    number, repeat = args.number, args.repeat
-    node = LocalNode(1)
-    await cacheme.get(node)
-    batch = [LocalNode(i) for i in range(20)]
-    await cacheme.get_all(batch)
     raw = TheineCache("tlfu", 1000)
-    raw.set(node.full_key(), 1)
-    raw_key = node.full_key()
-
-    async def get_same() -> None:
-        for _ in range(number):
-            await cacheme.get(node)
-
-    async def get_new() -> None:
-        for _ in range(number):
-            await cacheme.get(LocalNode(1))
-
-    async def theine_get() -> None:
-        for _ in range(number):
-            raw.get(raw_key, None)
-
-    batch_number = max(1, number // 20)
-
-    async def get_all_20() -> None:
-        for _ in range(batch_number):
-            await cacheme.get_all(batch)
-
-    return {
-        "get_hit_ns": await harness.time_per_op(get_same, number, repeat),
-        "get_hit_new_node_ns": await harness.time_per_op(get_new, number, repeat),
-        "theine_get_ns": await harness.time_per_op(theine_get, number, repeat),
-        "get_all_20_ns": await harness.time_per_op(get_all_20, batch_number, repeat),
-    }
+    raw_key = LocalNode(1).full_key()
+    raw.set(raw_key, 1)
+    return await harness.local_hit_micro(
+        cacheme.get, cacheme.get_all, LocalNode, raw.get, (raw_key, None), args.number, args.repeat
+    )
 
 
 async def main() -> None:

@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 import redis
 
+import cacheme
 from cacheme_redis.storage import RedisStorage
 from tests.fixtures.redis_servers import RedisServer
 
@@ -95,6 +96,30 @@ async def test_unix_socket(redis_server_factory: Callable[..., RedisServer]) -> 
             assert client.get("k") == b"over the socket"
     finally:
         await storage.close()
+
+
+async def test_tls_with_the_servers_certificate(redis_server_factory: Callable[..., RedisServer]) -> None:
+    server = redis_server_factory(tls=True)
+    assert server.url.startswith("rediss://")
+    storage = cacheme.Storage(server.url, ssl_ca_certs=str(server.certificate))
+    try:
+        await storage.connect()
+        await storage.set("k", b"over tls", timedelta(seconds=30))
+        await storage.set_many({"a": b"1", "b": b"2"}, None)
+        assert await storage.get("k") == b"over tls"
+        assert await storage.get_many(["a", "b", "absent"]) == {"a": b"1", "b": b"2"}
+        with server.client() as client:
+            assert client.get("k") == b"over tls"
+            assert 0 < client.pttl("k") <= 30_000
+    finally:
+        await storage.close()
+    # A server whose certificate nobody vouches for is refused: the connection fails, it is not trusted.
+    untrusting = cacheme.Storage(server.url)
+    try:
+        with pytest.raises(redis.exceptions.ConnectionError, match=r"(?i)certificate"):
+            await untrusting.connect()
+    finally:
+        await untrusting.close()
 
 
 def test_two_loops_in_two_threads_share_the_storage_but_not_their_batches(

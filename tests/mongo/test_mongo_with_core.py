@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+
+import pytest_asyncio
 
 import cacheme
 
@@ -53,51 +57,57 @@ def expected(user_id: int) -> dict[str, Any]:
     return {"id": user_id, "name": f"user-{user_id}"}
 
 
-async def test_a_thousand_concurrent_gets_load_each_key_once(mongo_url: str, mongo_database: str) -> None:
+@dataclass
+class MongoTier:
+    storage: cacheme.BaseStorage
+    node_class: type[cacheme.Node]
+    loads: collections.Counter[int]
+
+
+@pytest_asyncio.fixture
+async def mongo_tier(mongo_url: str, mongo_database: str) -> AsyncIterator[MongoTier]:
+    """A MongoDB storage registered under a fresh name, and a node class cached in it."""
     name = storage_name()
     storage = cacheme.Storage(mongo_url, database=mongo_database, collection="cache")
     await cacheme.register_storage(name, storage)
     loads: collections.Counter[int] = collections.Counter()
-    node_class = user_node_class(name, loads)
     try:
-        ids = [i % 100 for i in range(1000)]
-        results = await asyncio.gather(*(cacheme.get(node_class(user_id=i)) for i in ids))  # type: ignore[call-arg]
-        assert results == [expected(i) for i in ids]
-        assert loads == {i: 1 for i in range(100)}
-        stats = cacheme.stats(node_class)
-        assert stats.request_count() == 1000
-        assert stats.load_count() == 100
-        assert stats.storage_error_count() == 0
-        # Every value is now in MongoDB: later requests are answered from it, loading nothing.
-        await written_back(storage, [node_class(user_id=i) for i in range(100)])  # type: ignore[call-arg]
-        again = await asyncio.gather(*(cacheme.get(node_class(user_id=i)) for i in ids))  # type: ignore[call-arg]
-        assert again == results
-        assert loads == {i: 1 for i in range(100)}
-        assert stats.hit_count() == 1000
-        assert stats.storage_error_count() == 0
+        yield MongoTier(storage, user_node_class(name, loads), loads)
     finally:
         await cacheme.unregister_storage(name)
 
 
-async def test_get_all_and_invalidate_through_mongo(mongo_url: str, mongo_database: str) -> None:
-    name = storage_name()
-    storage = cacheme.Storage(mongo_url, database=mongo_database, collection="cache")
-    await cacheme.register_storage(name, storage)
-    loads: collections.Counter[int] = collections.Counter()
-    node_class = user_node_class(name, loads)
-    try:
-        ids = [1, 2, 2, 3, 1]
-        nodes = [node_class(user_id=i) for i in ids]  # type: ignore[call-arg]
-        assert await cacheme.get_all(nodes) == [expected(i) for i in ids]
-        assert await cacheme.get_all(nodes) == [expected(i) for i in ids]
-        assert loads == {1: 1, 2: 1, 3: 1}
-        await written_back(storage, nodes)
-        await cacheme.invalidate(node_class(user_id=2))  # type: ignore[call-arg]
-        assert await storage.get(node_class(user_id=2).full_key()) is None  # type: ignore[call-arg]
-        assert await cacheme.get(node_class(user_id=2)) == expected(2)  # type: ignore[call-arg]
-        assert loads == {1: 1, 2: 2, 3: 1}
-    finally:
-        await cacheme.unregister_storage(name)
+async def test_a_thousand_concurrent_gets_load_each_key_once(mongo_tier: MongoTier) -> None:
+    storage, node_class, loads = mongo_tier.storage, mongo_tier.node_class, mongo_tier.loads
+    ids = [i % 100 for i in range(1000)]
+    results = await asyncio.gather(*(cacheme.get(node_class(user_id=i)) for i in ids))  # type: ignore[call-arg]
+    assert results == [expected(i) for i in ids]
+    assert loads == {i: 1 for i in range(100)}
+    stats = cacheme.stats(node_class)
+    assert stats.request_count() == 1000
+    assert stats.load_count() == 100
+    assert stats.storage_error_count() == 0
+    # Every value is now in MongoDB: later requests are answered from it, loading nothing.
+    await written_back(storage, [node_class(user_id=i) for i in range(100)])  # type: ignore[call-arg]
+    again = await asyncio.gather(*(cacheme.get(node_class(user_id=i)) for i in ids))  # type: ignore[call-arg]
+    assert again == results
+    assert loads == {i: 1 for i in range(100)}
+    assert stats.hit_count() == 1000
+    assert stats.storage_error_count() == 0
+
+
+async def test_get_all_and_invalidate_through_mongo(mongo_tier: MongoTier) -> None:
+    storage, node_class, loads = mongo_tier.storage, mongo_tier.node_class, mongo_tier.loads
+    ids = [1, 2, 2, 3, 1]
+    nodes = [node_class(user_id=i) for i in ids]  # type: ignore[call-arg]
+    assert await cacheme.get_all(nodes) == [expected(i) for i in ids]
+    assert await cacheme.get_all(nodes) == [expected(i) for i in ids]
+    assert loads == {1: 1, 2: 1, 3: 1}
+    await written_back(storage, nodes)
+    await cacheme.invalidate(node_class(user_id=2))  # type: ignore[call-arg]
+    assert await storage.get(node_class(user_id=2).full_key()) is None  # type: ignore[call-arg]
+    assert await cacheme.get(node_class(user_id=2)) == expected(2)  # type: ignore[call-arg]
+    assert loads == {1: 1, 2: 2, 3: 1}
 
 
 async def test_requests_are_answered_by_the_loader_when_the_server_goes_away(

@@ -1,11 +1,11 @@
 """Coalescing: calls made in one turn of the event loop go out as one operation.
 
 A ``Coalescer`` belongs to one event loop. ``submit(item)`` queues the item
-and returns a future; the first submit of a turn schedules a flush with
-``loop.call_soon``, so every item submitted before the loop gets back to its
-callbacks is sent together. The flush runs the operation in a task of its
-own: a caller that is cancelled or times out only gives up its own future,
-never the batch of the others. When the operation fails, every caller still
+and returns a future; the first submit of a turn creates the task that sends
+the batch. A new task first runs in the loop's next turn, so by then every
+item submitted in this turn is queued, and it sends them all together. A
+caller that is cancelled or times out only gives up its own future, never
+the batch of the others. When the operation fails, every caller still
 waiting gets the error (a copy each, whose ``__cause__`` is the original).
 """
 
@@ -49,35 +49,31 @@ class Coalescer(Generic[ItemT, ResultT]):
         self._operation = operation
         self._items: list[ItemT] = []
         self._futures: list[asyncio.Future[ResultT]] = []
-        self._flush_scheduled = False
+        self._sender: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
 
     def submit(self, item: ItemT) -> asyncio.Future[ResultT]:
         future: asyncio.Future[ResultT] = self._loop.create_future()
         self._items.append(item)
         self._futures.append(future)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self.flush)
+        if self._sender is None:
+            self._sender = task = self._loop.create_task(self._send_queued())
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
         return future
 
-    def flush(self) -> None:
-        """Send what is queued now (called by the loop; also by ``drain``)."""
-        self._flush_scheduled = False
+    async def drain(self) -> None:
+        """Wait until what is queued is sent and every batch in flight has finished."""
+        while self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _send_queued(self) -> None:
+        self._sender = None
         items, futures = self._items, self._futures
         self._items, self._futures = [], []
         waiting = [(item, future) for item, future in zip(items, futures, strict=True) if not future.done()]
-        if not waiting:
-            return
-        task = self._loop.create_task(self._run([item for item, _ in waiting], [f for _, f in waiting]))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
-
-    async def drain(self) -> None:
-        """Send what is queued and wait until every batch in flight has finished."""
-        self.flush()
-        while self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+        if waiting:
+            await self._run([item for item, _ in waiting], [future for _, future in waiting])
 
     async def _run(self, items: list[ItemT], futures: list[asyncio.Future[ResultT]]) -> None:
         try:

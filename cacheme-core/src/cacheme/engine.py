@@ -10,6 +10,7 @@ A loader's own exception is the caller's.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import typing
@@ -314,19 +315,22 @@ async def _read_remote_tiers(
         found = await _read_many(config, tiers[index], remaining)
         if not found:
             continue
-        values: dict[str, Any] = {}
-        raws: dict[str, bytes] = {}
-        for key, (value, raw) in found.items():
-            if not flights[key].stale:
-                values[key] = value
-                if raw is not None:
-                    raws[key] = raw
-        _write_local(tiers[:index], values)
+        if index > 0:  # back-fill the tiers before this one
+            values: dict[str, Any] = {}
+            raws: dict[str, bytes] = {}
+            for key, (value, raw) in found.items():
+                if not flights[key].stale:
+                    values[key] = value
+                    if raw is not None:
+                        raws[key] = raw
+            _write_local(tiers[:index], values)
+            if values and index > config.local_prefix:
+                backfills.append((index, values, raws))
         for key, (value, _raw) in found.items():
             flights[key].resolve(value, True)
+        if len(found) == len(remaining):
+            return [], backfills
         remaining = [key for key in remaining if key not in found]
-        if values and index > config.local_prefix:
-            backfills.append((index, values, raws))
     return remaining, backfills
 
 
@@ -343,25 +347,24 @@ def _want(
     """Enter a flight for ``key``; the keys wanted in one loop turn are fetched by one task."""
     flight = singleflight.Flight()
     table.flights[key] = flight
-    group = table.groups.get(config)
-    if group is None:
-        group = table.groups[config] = {}
-        table.loop.call_soon(_start_group, table, config)
+    pending: tuple[dict[str, _Wanted], asyncio.Task[None]] | None = table.groups.get(config)
+    if pending is None:
+        group: dict[str, _Wanted] = {}
+        pending = table.groups[config] = (group, table.spawn(_fetch_group(table, config, group)))
+    group, flight.task = pending
     group[key] = _Wanted(node, load, flight)
     return flight
-
-
-def _start_group(table: singleflight.FlightTable, config: NodeConfig) -> None:
-    group: dict[str, _Wanted] = table.groups.pop(config)
-    task = table.spawn(_fetch_group(table, config, group))
-    for wanted in group.values():
-        wanted.flight.task = task
 
 
 async def _fetch_group(
     table: singleflight.FlightTable, config: NodeConfig, group: dict[str, _Wanted]
 ) -> None:
-    """Read the keys of one loop turn from the remote tiers together; load each key still missing."""
+    """Read the keys of one loop turn from the remote tiers together; load each key still missing.
+
+    The task is created at the turn's first miss and first runs in the next
+    turn, when every miss of this one has joined ``group``.
+    """
+    del table.groups[config]
     handed_over: set[str] = set()
     error: BaseException | None = None
     try:
@@ -407,7 +410,8 @@ async def _fetch_many(
     wanted: dict[str, Node],
     flights: dict[str, singleflight.Flight],
 ) -> None:
-    """get_all's fetch: one batch read per tier, one ``load_all`` for the rest, batch writes."""
+    """get_all's fetch of the keys of ``flights``: one batch read per tier, one ``load_all`` for the rest,
+    batch writes. ``wanted`` holds the node of each of those keys (and maybe of others)."""
     error: BaseException | None = None
     try:
         missing, backfills = await _read_remote_tiers(config, flights)
@@ -501,62 +505,57 @@ async def get_all(nodes: Sequence[Node]) -> list[Any]:
     config: NodeConfig | None = node_class._cacheme_config
     if config is None or config.generation != registry._generation:
         config = configure(node_class)
+    metrics = config.metrics
+    metrics._requests += len(nodes)
     keys: list[str] = []
-    append = keys.append
+    results: dict[str, Any] = {}  # the answers known so far
+    missing: dict[str, Node] = {}  # the keys no leading local tier has
+    first = config.first_local
+    deeper = config.local_prefix > 1
     for node in nodes:
         if type(node) is not node_class:
             raise TypeError(
                 "get_all takes nodes of one class; "
                 f"got {node_class.__qualname__} and {type(node).__qualname__}"
             )
-        append(node.full_key())
-    metrics = config.metrics
-    metrics._requests += len(nodes)
-    results: dict[str, Any] = {}
-    missing: dict[str, Node] = {}
-    first = config.first_local
-    if first is not None:
-        get_sync = first.get_sync
-        deeper = config.local_prefix > 1
-        for key, node in zip(keys, nodes, strict=True):
-            if key not in results:
-                value = get_sync(key)
-                if value is MISSING and deeper:
-                    value = _read_leading_locals(config, key, 1)
-                if value is MISSING:
-                    missing[key] = node
-                else:
-                    results[key] = value
-        if not missing:
-            metrics._hits += len(nodes)
-            return [results[key] for key in keys]
-    else:
-        missing = dict(zip(keys, nodes, strict=True))
-    hit_keys = set(results)
-    if missing:
-        table = singleflight.table()
-        flights = table.flights
-        waiting: dict[str, singleflight.Flight] = {}
-        to_fetch: dict[str, Node] = {}
-        started: dict[str, singleflight.Flight] = {}
-        for key, node in missing.items():
-            flight = flights.get(key)
-            if flight is None:
-                to_fetch[key] = node
-                waiting[key] = started[key] = flights[key] = singleflight.Flight()
+        key = node.full_key()
+        keys.append(key)
+        if first is None:
+            missing[key] = node
+        elif key not in results:
+            value = first.get_sync(key)
+            if value is MISSING and deeper:
+                value = _read_leading_locals(config, key, 1)
+            if value is MISSING:
+                missing[key] = node
             else:
-                waiting[key] = flight
-                if flight.outcome is not None:  # fetched already: this request caused no load
-                    hit_keys.add(key)
-        if started:
-            task = table.spawn(_fetch_many(table, config, to_fetch, started))
-            for flight in started.values():
-                flight.task = task
-        for key, flight in waiting.items():
-            outcome = flight.outcome or await flight.wait()
-            results[key] = outcome[0]
-            if outcome[1]:
-                hit_keys.add(key)
+                results[key] = value
+    if not missing:
+        metrics._hits += len(nodes)
+        return [results[key] for key in keys]
+    hit_keys = set(results)
+    table = singleflight.table()
+    flights = table.flights
+    started: dict[str, singleflight.Flight] = {}  # the keys this call fetches
+    others: list[tuple[str, singleflight.Flight]] = []  # the keys other requests are fetching
+    task: asyncio.Task[None] | None = None
+    for key in missing:
+        flight = flights.get(key)
+        if flight is None:
+            if task is None:
+                # Its first step runs next turn, when ``started`` is complete.
+                task = table.spawn(_fetch_many(table, config, missing, started))
+            flights[key] = started[key] = singleflight.Flight(task)
+        elif flight.outcome is not None:  # fetched already: this request caused no load
+            results[key] = flight.outcome[0]
+            hit_keys.add(key)
+        else:
+            others.append((key, flight))
+    for key, flight in itertools.chain(started.items(), others):
+        value, from_cache = flight.outcome or await flight.wait()
+        results[key] = value
+        if from_cache:
+            hit_keys.add(key)
     if hit_keys:
         metrics._hits += sum(1 for key in keys if key in hit_keys)
     return [results[key] for key in keys]

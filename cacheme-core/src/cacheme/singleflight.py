@@ -31,12 +31,13 @@ class Flight:
 
     __slots__ = ("waiters", "outcome", "error", "stale", "task")
 
-    def __init__(self) -> None:
-        self.waiters: list[asyncio.Future[tuple[Any, bool]]] = []
+    def __init__(self, task: asyncio.Task[None] | None = None) -> None:
+        # Made on the first wait: most flights of a get_all are answered before anyone waits on them.
+        self.waiters: list[asyncio.Future[tuple[Any, bool]]] | None = None
         self.outcome: tuple[Any, bool] | None = None  # (value, answered from a cache tier)
         self.error: BaseException | None = None
         self.stale = False
-        self.task: asyncio.Task[None] | None = None
+        self.task = task
 
     @property
     def done(self) -> bool:
@@ -46,19 +47,21 @@ class Flight:
         if self.outcome is not None or self.error is not None:
             return
         self.outcome = outcome = (value, from_cache)
-        for waiter in self.waiters:
-            if not waiter.done():
-                waiter.set_result(outcome)
-        self.waiters.clear()
+        waiters, self.waiters = self.waiters, None
+        if waiters is not None:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(outcome)
 
     def fail(self, error: BaseException) -> None:
         if self.outcome is not None or self.error is not None:
             return
         self.error = error
-        for waiter in self.waiters:
-            if not waiter.done():
-                waiter.set_exception(error)
-        self.waiters.clear()
+        waiters, self.waiters = self.waiters, None
+        if waiters is not None:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(error)
 
     async def wait(self) -> tuple[Any, bool]:
         """The flight's ``(value, from_cache)``. A cancelled caller drops only its own waiter."""
@@ -67,7 +70,10 @@ class Flight:
         if self.error is not None:
             raise self.error
         waiter: asyncio.Future[tuple[Any, bool]] = asyncio.get_running_loop().create_future()
-        self.waiters.append(waiter)
+        if self.waiters is None:
+            self.waiters = [waiter]
+        else:
+            self.waiters.append(waiter)
         return await waiter
 
 
@@ -83,7 +89,7 @@ class FlightTable:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.flights: dict[str, Flight] = {}
-        self.groups: dict[Any, dict[str, Any]] = {}
+        self.groups: dict[Any, tuple[dict[str, Any], asyncio.Task[None]]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:

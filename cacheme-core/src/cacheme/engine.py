@@ -158,30 +158,23 @@ def _decode(config: NodeConfig, raw: bytes) -> Any:
     return value
 
 
-async def _read_many(
-    config: NodeConfig, tier: Tier, keys: Sequence[str]
-) -> dict[str, tuple[Any, bytes | None]]:
-    """``{key: (value, raw bytes or None)}`` of the keys this tier has; failures are misses."""
-    found: dict[str, tuple[Any, bytes | None]] = {}
-    if tier.local:
-        local = typing.cast(LocalStorage, tier.storage)
-        for key in keys:
-            value = local.get_sync(key)
-            if value is not MISSING:
-                found[key] = (value, None)
-        return found
-    try:
-        if len(keys) == 1:
-            raw = await tier.storage.get(keys[0])
-            raws = {} if raw is None else {keys[0]: raw}
-        else:
-            raws = await tier.storage.get_many(keys)
-    except Exception as error:
-        _storage_failed(config, tier, "read", error, len(keys))
-        return found
+def _read_local(tier: Tier, keys: Sequence[str]) -> dict[str, Any]:
+    """``{key: value}`` of the keys a local tier has."""
+    local = typing.cast(LocalStorage, tier.storage)
+    found: dict[str, Any] = {}
+    for key in keys:
+        value = local.get_sync(key)
+        if value is not MISSING:
+            found[key] = value
+    return found
+
+
+def _decode_found(config: NodeConfig, tier: Tier, raws: Mapping[str, bytes]) -> dict[str, Any]:
+    """``{key: value}`` of the bytes a remote tier returned; bytes that do not decode are misses."""
+    found: dict[str, Any] = {}
     for key, raw in raws.items():
         try:
-            found[key] = (_decode(config, raw), raw)
+            found[key] = _decode(config, raw)
         except Exception as error:
             _storage_failed(config, tier, "read", error)
     return found
@@ -301,7 +294,7 @@ class _Wanted:
 async def _read_remote_tiers(
     config: NodeConfig, flights: Mapping[str, singleflight.Flight]
 ) -> tuple[list[str], list[tuple[int, dict[str, Any], dict[str, bytes]]]]:
-    """Read the tiers after the leading local ones, one batch per tier.
+    """Read the tiers after the leading local ones, one batch per tier; failures are misses.
 
     Each key found is written into the local tiers before it, then resolved.
     Returns the keys no tier has and the back-fills still to write remotely.
@@ -312,26 +305,47 @@ async def _read_remote_tiers(
     for index in range(config.local_prefix, len(tiers)):
         if not remaining:
             break
-        found = await _read_many(config, tiers[index], remaining)
+        tier = tiers[index]
+        raws: dict[str, bytes] = {}
+        if tier.local:
+            found = _read_local(tier, remaining)
+        else:
+            try:
+                if len(remaining) == 1:
+                    raw = await tier.storage.get(remaining[0])
+                    if raw is not None:
+                        raws[remaining[0]] = raw
+                else:
+                    raws = await tier.storage.get_many(remaining)
+            except Exception as error:
+                _storage_failed(config, tier, "read", error, len(remaining))
+                continue
+            found = _decode_found(config, tier, raws)
         if not found:
             continue
-        if index > 0:  # back-fill the tiers before this one
-            values: dict[str, Any] = {}
-            raws: dict[str, bytes] = {}
-            for key, (value, raw) in found.items():
-                if not flights[key].stale:
-                    values[key] = value
-                    if raw is not None:
-                        raws[key] = raw
-            _write_local(tiers[:index], values)
-            if values and index > config.local_prefix:
-                backfills.append((index, values, raws))
-        for key, (value, _raw) in found.items():
+        if index > 0:
+            _fill_before(config, index, flights, found, raws, backfills)
+        for key, value in found.items():
             flights[key].resolve(value, True)
         if len(found) == len(remaining):
             return [], backfills
-        remaining = [key for key in remaining if key not in found]
+        remaining = list(itertools.filterfalse(found.__contains__, remaining))
     return remaining, backfills
+
+
+def _fill_before(
+    config: NodeConfig,
+    index: int,
+    flights: Mapping[str, singleflight.Flight],
+    found: dict[str, Any],
+    raws: dict[str, bytes],
+    backfills: list[tuple[int, dict[str, Any], dict[str, bytes]]],
+) -> None:
+    """Write what tier ``index`` had into the local tiers before it; queue it for the remote ones."""
+    values = {key: value for key, value in found.items() if not flights[key].stale}
+    _write_local(config.tiers[:index], values)
+    if values and index > config.local_prefix:
+        backfills.append((index, values, {key: raws[key] for key in values if key in raws}))
 
 
 async def _write_backfills(
@@ -418,7 +432,7 @@ async def _fetch_many(
         loaded: dict[str, Any] = {}
         if missing:
             try:
-                results = await _load_many(config, [wanted[key] for key in missing])
+                results = await _load_many(config, _in_order(wanted, missing))
             except Exception as caught:
                 error = caught
             else:
@@ -532,12 +546,12 @@ async def get_all(nodes: Sequence[Node]) -> list[Any]:
                 results[key] = value
     if not missing:
         metrics._hits += len(nodes)
-        return [results[key] for key in keys]
+        return _in_order(results, keys)
     hit_keys = set(results)
     table = singleflight.table()
     flights = table.flights
     started: dict[str, singleflight.Flight] = {}  # the keys this call fetches
-    others: list[tuple[str, singleflight.Flight]] = []  # the keys other requests are fetching
+    waiting: dict[str, singleflight.Flight] = {}  # those and the keys other requests are fetching
     task: asyncio.Task[None] | None = None
     for key in missing:
         flight = flights.get(key)
@@ -545,20 +559,32 @@ async def get_all(nodes: Sequence[Node]) -> list[Any]:
             if task is None:
                 # Its first step runs next turn, when ``started`` is complete.
                 task = table.spawn(_fetch_many(table, config, missing, started))
-            flights[key] = started[key] = singleflight.Flight(task)
+            waiting[key] = flights[key] = started[key] = singleflight.Flight(task)
         elif flight.outcome is not None:  # fetched already: this request caused no load
             results[key] = flight.outcome[0]
             hit_keys.add(key)
         else:
-            others.append((key, flight))
-    for key, flight in itertools.chain(started.items(), others):
+            waiting[key] = flight
+    for key, flight in waiting.items():
         value, from_cache = flight.outcome or await flight.wait()
         results[key] = value
         if from_cache:
             hit_keys.add(key)
     if hit_keys:
-        metrics._hits += sum(1 for key in keys if key in hit_keys)
-    return [results[key] for key in keys]
+        metrics._hits += _count_in(keys, hit_keys)
+    return _in_order(results, keys)
+
+
+# Comprehensions in helpers of their own: inside a coroutine, each variable a
+# comprehension reads becomes a cell object kept for the whole call.
+
+
+def _in_order(values: Mapping[str, Any], keys: list[str]) -> list[Any]:
+    return [values[key] for key in keys]
+
+
+def _count_in(keys: list[str], chosen: set[str]) -> int:
+    return sum(1 for key in keys if key in chosen)
 
 
 async def _mark_stale(key: str) -> None:

@@ -429,10 +429,14 @@ async def _fetch_many(
     error: BaseException | None = None
     try:
         missing, backfills = await _read_remote_tiers(config, flights)
+        nodes = _in_order(wanted, missing)
+        # Under load thousands of fetches wait for their write-back: holding the
+        # caller's nodes until then only feeds the garbage collector.
+        del wanted
         loaded: dict[str, Any] = {}
         if missing:
             try:
-                results = await _load_many(config, _in_order(wanted, missing))
+                results = await _load_many(config, nodes)
             except Exception as caught:
                 error = caught
             else:
@@ -442,6 +446,7 @@ async def _fetch_many(
                 _write_local(config.tiers, loaded)
                 for key, value in zip(missing, results, strict=True):
                     flights[key].resolve(value, False)
+            del nodes
         await _write_backfills(config, backfills)
         await _write_remotes(config, config.tiers, loaded)
     except BaseException as caught:

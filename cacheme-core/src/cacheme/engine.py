@@ -404,6 +404,7 @@ async def _load_and_write(
     error: BaseException | None = None
     try:
         value = await _load_one(config, wanted.node, wanted.load)
+        del wanted  # the node is not needed for the write-back (see _fetch_many)
         write = not flight.stale and _admitted(config, key)
         if write:
             _write_local(config.tiers, {key: value})

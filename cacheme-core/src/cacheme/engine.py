@@ -478,7 +478,23 @@ async def get(node: Node, load: Loader | None = None) -> Any:
         if value is not MISSING:
             metrics._hits += 1
             return value
-    return await _get_missing(config, node, key, load)
+        if config.local_prefix > 1:
+            value = _read_leading_locals(config, key, 1)
+            if value is not MISSING:
+                metrics._hits += 1
+                return value
+    table = singleflight.table()
+    flight = table.flights.get(key)
+    if flight is None:
+        flight = _want(table, config, key, node, load)
+    elif flight.outcome is not None:
+        # Fetched already, being written back: this request caused no load.
+        metrics._hits += 1
+        return flight.outcome[0]
+    value, from_cache = await flight.wait()
+    if from_cache:
+        metrics._hits += 1
+    return value
 
 
 def _read_leading_locals(config: NodeConfig, key: str, start: int) -> Any:
@@ -491,26 +507,6 @@ def _read_leading_locals(config: NodeConfig, key: str, start: int) -> Any:
                 storage.set_sync(key, value, ttl)
             return value
     return MISSING
-
-
-async def _get_missing(config: NodeConfig, node: Node, key: str, load: Loader | None) -> Any:
-    if config.local_prefix > 1:
-        value = _read_leading_locals(config, key, 1)
-        if value is not MISSING:
-            config.metrics._hits += 1
-            return value
-    table = singleflight.table()
-    flight = table.flights.get(key)
-    if flight is None:
-        flight = _want(table, config, key, node, load)
-    elif flight.outcome is not None:
-        # Fetched already, being written back: this request caused no load.
-        config.metrics._hits += 1
-        return flight.outcome[0]
-    value, from_cache = await flight.wait()
-    if from_cache:
-        config.metrics._hits += 1
-    return value
 
 
 async def get_all(nodes: Sequence[Node]) -> list[Any]:

@@ -63,18 +63,23 @@ class Flight:
                 if not waiter.done():
                     waiter.set_exception(error)
 
-    async def wait(self) -> tuple[Any, bool]:
-        """The flight's ``(value, from_cache)``. A cancelled caller drops only its own waiter."""
-        if self.outcome is not None:
-            return self.outcome
-        if self.error is not None:
-            raise self.error
+    def wait(self) -> asyncio.Future[tuple[Any, bool]]:
+        """A future of the flight's ``(value, from_cache)``, one per caller.
+
+        Cancelling a caller cancels only its own future; the fetch goes on for
+        the others. A plain method, not a coroutine: thousands of requests can
+        be waiting at once, and each coroutine object would live as long.
+        """
         waiter: asyncio.Future[tuple[Any, bool]] = asyncio.get_running_loop().create_future()
-        if self.waiters is None:
+        if self.outcome is not None:
+            waiter.set_result(self.outcome)
+        elif self.error is not None:
+            waiter.set_exception(self.error)
+        elif self.waiters is None:
             self.waiters = [waiter]
         else:
             self.waiters.append(waiter)
-        return await waiter
+        return waiter
 
 
 class FlightTable:

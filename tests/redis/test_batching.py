@@ -107,7 +107,7 @@ async def test_a_cancelled_caller_does_not_cancel_its_batch(
         await storage.set_many({f"k{i}": str(i).encode() for i in range(100)}, None)
         control.config_resetstat()
         tasks = [asyncio.create_task(storage.get(f"k{i}")) for i in range(100)]
-        await asyncio.sleep(0)  # every task has queued its key; the flush is scheduled
+        await asyncio.sleep(0)  # every task has queued its key; the sender task is created, not yet run
         tasks[0].cancel()
         tasks[50].cancel()
         results = await asyncio.gather(*tasks, return_exceptions=True)

@@ -57,6 +57,7 @@ async def test_mixed_node_classes_are_refused(local: str) -> None:
     first, second = make_batch_node(local), make_batch_node(local)
     with pytest.raises(TypeError, match="one class"):
         await cacheme.get_all([first(id=1), second(id=1)])
+    assert cacheme.stats(first).request_count() == 0  # a refused call is no request
 
 
 async def test_failed_load_all_reaches_every_waiter_and_poisons_nothing(local: str) -> None:

@@ -521,8 +521,6 @@ async def get_all(nodes: Sequence[Node]) -> list[Any]:
     config: NodeConfig | None = node_class._cacheme_config
     if config is None or config.generation != registry._generation:
         config = configure(node_class)
-    metrics = config.metrics
-    metrics._requests += len(nodes)
     keys: list[str] = []
     results: dict[str, Any] = {}  # the answers known so far
     missing: dict[str, Node] = {}  # the keys no leading local tier has
@@ -546,6 +544,8 @@ async def get_all(nodes: Sequence[Node]) -> list[Any]:
                 missing[key] = node
             else:
                 results[key] = value
+    metrics = config.metrics
+    metrics._requests += len(nodes)
     if not missing:
         metrics._hits += len(nodes)
         return _in_order(results, keys)

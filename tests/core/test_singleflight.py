@@ -152,3 +152,52 @@ async def test_get_all_waits_for_a_get_already_loading_the_same_key(local: str) 
     assert batch == ["value-9", "value-10"]
     assert await single == "value-9"
     assert node_class.loads == 2  # 9 once (by get), 10 once (by get_all's load_all)
+
+
+async def _cancel_every_other_task() -> None:
+    """What a shutdown handler that cancels every task does, while the loop goes on."""
+    for task in asyncio.all_tasks():
+        if task is not asyncio.current_task():
+            task.cancel()
+
+
+async def test_fetches_cancelled_before_they_ran_leave_no_key_stuck(local: str) -> None:
+    node_class = make_node(local, delay=0.01)
+    requests = [asyncio.create_task(cacheme.get(node_class(id=i % 50))) for i in range(1000)]
+    await asyncio.sleep(0)  # the requests ran and queued their misses; the fetch has not run yet
+    await _cancel_every_other_task()
+    outcomes = await asyncio.gather(*requests, return_exceptions=True)
+    assert all(isinstance(o, asyncio.CancelledError) for o in outcomes)
+    await asyncio.sleep(0)
+    assert singleflight.in_flight_count() == 0
+    values = await asyncio.wait_for(asyncio.gather(*(cacheme.get(node_class(id=i)) for i in range(50))), 5)
+    assert values == [f"value-{i}" for i in range(50)]
+
+
+async def test_get_all_fetch_cancelled_before_it_ran_leaves_no_key_stuck(local: str) -> None:
+    node_class = make_node(local, delay=0.01)
+    requests = [
+        asyncio.create_task(cacheme.get_all([node_class(id=i), node_class(id=i + 1)]))
+        for i in range(0, 100, 2)
+    ]
+    await asyncio.sleep(0)
+    await _cancel_every_other_task()
+    await asyncio.gather(*requests, return_exceptions=True)
+    await asyncio.sleep(0)
+    assert singleflight.in_flight_count() == 0
+    values = await asyncio.wait_for(cacheme.get_all([node_class(id=i) for i in range(100)]), 5)
+    assert values == [f"value-{i}" for i in range(100)]
+
+
+async def test_a_fetch_cancelled_while_loading_fails_its_callers_with_an_error_not_a_cancellation(
+    local: str,
+) -> None:
+    node_class = make_node(local, delay=0.2)
+    requests = [asyncio.create_task(cacheme.get(node_class(id=7))) for _ in range(500)]
+    await asyncio.sleep(0.05)  # the load is running
+    for task in singleflight.table().tasks:
+        task.cancel()
+    outcomes = await asyncio.gather(*requests, return_exceptions=True)
+    assert all(isinstance(o, RuntimeError) and "cancelled" in str(o) for o in outcomes)
+    assert singleflight.in_flight_count() == 0
+    assert await cacheme.get(node_class(id=7)) == "value-7"

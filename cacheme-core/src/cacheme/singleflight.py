@@ -101,11 +101,28 @@ class FlightTable:
         """Run ``work`` in a task of its own (kept referenced until it ends)."""
         task = self.loop.create_task(work)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._ended)
         return task
 
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if task.cancelled():
+            # Cancelled from outside (a shutdown handler cancelling every task, say),
+            # maybe before it ran: then its own cleanup never ran, and its keys
+            # would stay in flight for good, every later request waiting on them.
+            stuck = [(key, flight) for key, flight in self.flights.items() if flight.task is task]
+            self.finish(stuck, asyncio.CancelledError())
+            for owner in [owner for owner, (_, group_task) in self.groups.items() if group_task is task]:
+                del self.groups[owner]
+
     def finish(self, flights: Iterable[tuple[str, Flight]], error: BaseException | None = None) -> None:
-        """The work for these keys has ended: take them out of the table; fail what got no outcome."""
+        """The work for these keys has ended: take them out of the table; fail what got no outcome.
+
+        A fetch cancelled from outside fails its waiters with a RuntimeError: they
+        did not ask to be cancelled.
+        """
+        if isinstance(error, asyncio.CancelledError):
+            error = RuntimeError("cacheme: the fetch was cancelled")
         table = self.flights
         for key, flight in flights:
             if table.get(key) is flight:

@@ -206,3 +206,23 @@ async def test_a_write_batch_mixing_ttls_and_repeating_keys(
         assert stats.get("mset") == 1 and stats.get("set") == 2
     finally:
         await storage.close()
+
+
+async def test_a_batch_cancelled_before_it_was_sent_strands_nobody(
+    server: RedisServer, control: redis.Redis
+) -> None:
+    storage = RedisStorage(server.url)
+    try:
+        await storage.set_many({f"k{i}": str(i).encode() for i in range(100)}, None)
+        gets = [asyncio.create_task(storage.get(f"k{i}")) for i in range(100)]
+        await asyncio.sleep(0)  # every get is queued; the sender task has not run
+        for task in asyncio.all_tasks():  # what a shutdown handler cancelling every task does
+            if task is not asyncio.current_task() and task not in gets:
+                task.cancel()
+        outcomes = await asyncio.wait_for(asyncio.gather(*gets, return_exceptions=True), 5)
+        assert all(isinstance(o, RuntimeError) for o in outcomes)
+        # The storage still sends what it is given.
+        values = await asyncio.wait_for(asyncio.gather(*(storage.get(f"k{i}") for i in range(100))), 5)
+        assert values == [str(i).encode() for i in range(100)]
+    finally:
+        await storage.close()

@@ -59,8 +59,20 @@ class Coalescer(Generic[ItemT, ResultT]):
         if self._sender is None:
             self._sender = task = self._loop.create_task(self._send_queued())
             self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            task.add_done_callback(self._sender_ended)
         return future
+
+    def _sender_ended(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if self._sender is task:
+            # Cancelled before it ran (a shutdown handler cancelling every task,
+            # say): what it was to send gets an error, and the next submit makes
+            # a new sender instead of queueing behind this one for good.
+            self._sender = None
+            futures, self._items, self._futures = self._futures, [], []
+            for future in futures:
+                if not future.done():
+                    future.set_exception(RuntimeError("the batch was cancelled before it was sent"))
 
     async def drain(self) -> None:
         """Wait until what is queued is sent and every batch in flight has finished."""

@@ -201,3 +201,15 @@ async def test_a_fetch_cancelled_while_loading_fails_its_callers_with_an_error_n
     assert all(isinstance(o, RuntimeError) and "cancelled" in str(o) for o in outcomes)
     assert singleflight.in_flight_count() == 0
     assert await cacheme.get(node_class(id=7)) == "value-7"
+
+
+async def test_cancelling_twenty_thousand_loads_at_once_leaves_nothing_in_flight(local: str) -> None:
+    node_class = make_node(local, delay=1.0)
+    requests = [asyncio.create_task(cacheme.get(node_class(id=i))) for i in range(20_000)]
+    await asyncio.sleep(0.1)  # every key is loading, each in a task of its own
+    assert singleflight.in_flight_count() == 20_000
+    await _cancel_every_other_task()
+    await asyncio.wait_for(asyncio.gather(*requests, return_exceptions=True), 10)
+    await asyncio.sleep(0)
+    assert singleflight.in_flight_count() == 0
+    assert await asyncio.wait_for(cacheme.get(node_class(id=1)), 5) == "value-1"

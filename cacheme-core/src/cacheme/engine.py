@@ -280,17 +280,6 @@ async def _load_many(config: NodeConfig, nodes: Sequence[Node]) -> Sequence[Any]
 # ---------------------------------------------------------------- fetching (in tasks of their own)
 
 
-class _Wanted:
-    """A key one ``get`` asked for: its node, its source, its flight."""
-
-    __slots__ = ("node", "load", "flight")
-
-    def __init__(self, node: Node, load: Loader | None, flight: singleflight.Flight) -> None:
-        self.node = node
-        self.load = load
-        self.flight = flight
-
-
 async def _read_remote_tiers(
     config: NodeConfig, flights: Mapping[str, singleflight.Flight]
 ) -> tuple[list[str], list[tuple[int, dict[str, Any], dict[str, bytes]]]]:
@@ -359,19 +348,19 @@ def _want(
     table: singleflight.FlightTable, config: NodeConfig, key: str, node: Node, load: Loader | None
 ) -> singleflight.Flight:
     """Enter a flight for ``key``; the keys wanted in one loop turn are fetched by one task."""
-    flight = singleflight.Flight()
+    flight = singleflight.Flight(source=(node, load))
     table.flights[key] = flight
-    pending: tuple[dict[str, _Wanted], asyncio.Task[None]] | None = table.groups.get(config)
+    pending = table.groups.get(config)
     if pending is None:
-        group: dict[str, _Wanted] = {}
+        group: dict[str, singleflight.Flight] = {}
         pending = table.groups[config] = (group, table.spawn(_fetch_group(table, config, group)))
     group, flight.task = pending
-    group[key] = _Wanted(node, load, flight)
+    group[key] = flight
     return flight
 
 
 async def _fetch_group(
-    table: singleflight.FlightTable, config: NodeConfig, group: dict[str, _Wanted]
+    table: singleflight.FlightTable, config: NodeConfig, group: dict[str, singleflight.Flight]
 ) -> None:
     """Read the keys of one loop turn from the remote tiers together; load each key still missing.
 
@@ -382,10 +371,10 @@ async def _fetch_group(
     handed_over: set[str] = set()
     error: BaseException | None = None
     try:
-        missing, backfills = await _read_remote_tiers(config, {key: w.flight for key, w in group.items()})
+        missing, backfills = await _read_remote_tiers(config, group)
         for key in missing:
-            wanted = group[key]
-            wanted.flight.task = table.spawn(_load_and_write(table, config, key, wanted))
+            flight = group[key]
+            flight.task = table.spawn(_load_and_write(table, config, key, flight))
             handed_over.add(key)
         await _write_backfills(config, backfills)
     except BaseException as caught:  # delivered to every waiter by finish()
@@ -393,18 +382,19 @@ async def _fetch_group(
         if not isinstance(caught, Exception):
             raise
     finally:
-        table.finish(((k, w.flight) for k, w in group.items() if k not in handed_over), error)
+        table.finish(((k, f) for k, f in group.items() if k not in handed_over), error)
 
 
 async def _load_and_write(
-    table: singleflight.FlightTable, config: NodeConfig, key: str, wanted: _Wanted
+    table: singleflight.FlightTable, config: NodeConfig, key: str, flight: singleflight.Flight
 ) -> None:
     """Load one key from its source, answer its waiters, write it into every tier."""
-    flight = wanted.flight
+    # The flight does not keep the node through the write-back (see _fetch_many).
+    (node, load), flight.source = flight.source, None
     error: BaseException | None = None
     try:
-        value = await _load_one(config, wanted.node, wanted.load)
-        del wanted  # the node is not needed for the write-back (see _fetch_many)
+        value = await _load_one(config, node, load)
+        del node, load
         write = not flight.stale and _admitted(config, key)
         if write:
             _write_local(config.tiers, {key: value})

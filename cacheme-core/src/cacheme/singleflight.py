@@ -26,18 +26,21 @@ class Flight:
 
     ``stale`` is set when the key was invalidated or refreshed meanwhile: the
     fetch still answers its waiters but must not write what it fetched.
-    ``task`` is the task doing the work for the key now.
+    ``task`` is the task doing the work for the key now. ``source`` is what
+    the engine needs to load the key, if it loads it on its own; it is
+    dropped once the load has started.
     """
 
-    __slots__ = ("waiters", "outcome", "error", "stale", "task")
+    __slots__ = ("waiters", "outcome", "error", "stale", "task", "source")
 
-    def __init__(self, task: asyncio.Task[None] | None = None) -> None:
+    def __init__(self, task: asyncio.Task[None] | None = None, source: Any = None) -> None:
         # Made on the first wait: most flights of a get_all are answered before anyone waits on them.
         self.waiters: list[asyncio.Future[tuple[Any, bool]]] | None = None
         self.outcome: tuple[Any, bool] | None = None  # (value, answered from a cache tier)
         self.error: BaseException | None = None
         self.stale = False
         self.task = task
+        self.source = source
 
     @property
     def done(self) -> bool:
@@ -86,16 +89,18 @@ class FlightTable:
     """The flights of one event loop, by full key, and the fetches not started yet.
 
     ``groups`` gathers the keys that missed in one turn of the loop (per node
-    config) so that one task fetches them together.
+    config) so that one task fetches them together: the flights of the group
+    and the task that will fetch them.
     """
 
-    __slots__ = ("loop", "flights", "groups", "tasks")
+    __slots__ = ("loop", "flights", "groups", "tasks", "_sweep_scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.flights: dict[str, Flight] = {}
-        self.groups: dict[Any, tuple[dict[str, Any], asyncio.Task[None]]] = {}
+        self.groups: dict[Any, tuple[dict[str, Flight], asyncio.Task[None]]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self._sweep_scheduled = False
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``work`` in a task of its own (kept referenced until it ends)."""
@@ -106,14 +111,23 @@ class FlightTable:
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
-        if task.cancelled():
-            # Cancelled from outside (a shutdown handler cancelling every task, say),
-            # maybe before it ran: then its own cleanup never ran, and its keys
-            # would stay in flight for good, every later request waiting on them.
-            stuck = [(key, flight) for key, flight in self.flights.items() if flight.task is task]
-            self.finish(stuck, asyncio.CancelledError())
-            for owner in [owner for owner, (_, group_task) in self.groups.items() if group_task is task]:
-                del self.groups[owner]
+        if task.cancelled() and not self._sweep_scheduled:
+            self._sweep_scheduled = True
+            self.loop.call_soon(self._sweep)
+
+    def _sweep(self) -> None:
+        """Fail and drop the flights whose task ended without finishing them.
+
+        A task cancelled from outside (a shutdown handler cancelling every task,
+        say) before it ran never ran its own cleanup: its keys would stay in
+        flight for good, every later request waiting on them. One pass over the
+        table per loop turn in which tasks were cancelled, however many.
+        """
+        self._sweep_scheduled = False
+        stuck = [(key, f) for key, f in self.flights.items() if f.task is not None and f.task.done()]
+        self.finish(stuck, asyncio.CancelledError())
+        for owner in [owner for owner, (_, task) in self.groups.items() if task.done()]:
+            del self.groups[owner]
 
     def finish(self, flights: Iterable[tuple[str, Flight]], error: BaseException | None = None) -> None:
         """The work for these keys has ended: take them out of the table; fail what got no outcome.

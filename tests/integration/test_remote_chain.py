@@ -140,3 +140,23 @@ async def test_corrupt_bytes_in_a_remote_tier_are_a_counted_miss(
     metrics = cacheme.stats(node_class)
     assert metrics.storage_error_count() == 2
     assert metrics.hit_count() == 0
+
+
+async def test_a_local_tier_behind_a_remote_one_answers_and_back_fills_it(
+    chain: dict[str, cacheme.BaseStorage],
+) -> None:
+    local_name, redis_name, _sqlite_name = chain
+    local, redis = chain[local_name], chain[redis_name]
+    node_class = account_node([redis_name, local_name], MsgPackSerializer())
+    nodes = [node_class(id=uuid.uuid4()) for _ in range(5)]
+    values = await cacheme.get_all(nodes)
+    await written_back()
+    for node in nodes:
+        await redis.delete(node.full_key())
+    # Redis misses, the local tier behind it has them: answered from there, Redis filled again.
+    assert await cacheme.get_all(nodes) == values
+    assert await cacheme.get(nodes[0]) == values[0]
+    await written_back()
+    assert len(await redis.get_many([node.full_key() for node in nodes])) == 5
+    assert await local.get(nodes[0].full_key()) == values[0]
+    assert node_class.loads == 5

@@ -158,17 +158,6 @@ def _decode(config: NodeConfig, raw: bytes) -> Any:
     return value
 
 
-def _read_local(tier: Tier, keys: Sequence[str]) -> dict[str, Any]:
-    """``{key: value}`` of the keys a local tier has."""
-    local = typing.cast(LocalStorage, tier.storage)
-    found: dict[str, Any] = {}
-    for key in keys:
-        value = local.get_sync(key)
-        if value is not MISSING:
-            found[key] = value
-    return found
-
-
 def _decode_found(config: NodeConfig, tier: Tier, raws: Mapping[str, bytes]) -> dict[str, Any]:
     """``{key: value}`` of the bytes a remote tier returned; bytes that do not decode are misses."""
     found: dict[str, Any] = {}
@@ -297,7 +286,7 @@ async def _read_remote_tiers(
         tier = tiers[index]
         raws: dict[str, bytes] = {}
         if tier.local:
-            found = _read_local(tier, remaining)
+            found = typing.cast(LocalStorage, tier.storage).get_many_sync(remaining)
         else:
             try:
                 if len(remaining) == 1:

@@ -105,13 +105,17 @@ class LocalStorage(BaseStorage):
         value = self.get_sync(key)
         return None if value is MISSING else value
 
-    async def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
+    def get_many_sync(self, keys: Sequence[str]) -> dict[str, Any]:
+        """``{key: value}`` of the keys held, at once (no await)."""
         found: dict[str, Any] = {}
         for key in keys:
             value = self.get_sync(key)
             if value is not MISSING:
                 found[key] = value
         return found
+
+    async def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        return self.get_many_sync(keys)
 
     async def set(self, key: str, value: Any, ttl: timedelta | None) -> None:
         self.set_sync(key, value, ttl)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from datetime import timedelta
 
 import pytest
 
 import cacheme
-from cacheme_local.storage import LRUStorage, TLFUStorage
+from cacheme_local.storage import MAX_TTL, LRUStorage, TLFUStorage
 
 
 async def connected(url: str, size: int) -> cacheme.LocalStorage:
@@ -114,3 +115,34 @@ async def test_tlfu_prefers_frequent_keys_over_a_scan() -> None:
     kept_hot = sum(storage.get_sync(key) == key for key in hot)
     assert kept_hot >= 45
     assert len(storage) <= 100  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("url", ["local://lru", "local://tlfu"])
+@pytest.mark.parametrize("ttl", [timedelta.max, timedelta(days=106752)], ids=["timedelta.max", "106752-days"])
+async def test_a_ttl_longer_than_max_ttl_is_kept_as_max_ttl(
+    url: str, ttl: timedelta, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = await connected(url, 10)
+    storage.set_sync("endless", "e", ttl)
+    written = time.monotonic_ns()
+    assert storage.get_sync("endless") == "e"
+    max_ttl_ns = MAX_TTL // timedelta(microseconds=1) * 1000
+    # The storage's clock moved on: a second short of MAX_TTL, then just past it.
+    monkeypatch.setattr(time, "monotonic_ns", lambda: written + max_ttl_ns - 1_000_000_000)
+    assert storage.get_sync("endless") == "e"
+    monkeypatch.setattr(time, "monotonic_ns", lambda: written + max_ttl_ns + 1)
+    assert storage.get_sync("endless") is cacheme.MISSING
+    await storage.close()
+
+
+async def test_tlfu_reads_and_evicts_entries_with_endless_ttls() -> None:
+    storage = await connected("local://tlfu", 50)
+    assert isinstance(storage, TLFUStorage)
+    storage.ADVANCE_INTERVAL_NS = 0  # the policy's timer wheel advances at every batch of reads
+    for i in range(200):
+        storage.set_sync(f"k{i}", i, timedelta.max)
+    assert len(storage) == 50
+    for _ in range(10):
+        found = [storage.get_sync(f"k{i}") for i in range(200)]
+        assert sum(value is not cacheme.MISSING for value in found) == 50
+    await storage.close()

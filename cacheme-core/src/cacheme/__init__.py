@@ -6,7 +6,13 @@ storages holds it), register storages by name, and ``await cacheme.get(node)``.
 
 from cacheme.doorkeeper import BloomFilter, DoorKeeper
 from cacheme.engine import get, get_all, invalidate, refresh, stats
-from cacheme.errors import CachemeError, NodeDefinitionError, StorageConfigError, StorageNotRegistered
+from cacheme.errors import (
+    CachemeError,
+    InvalidKeyError,
+    NodeDefinitionError,
+    StorageConfigError,
+    StorageNotRegistered,
+)
 from cacheme.memoize import Memoize, Memoized
 from cacheme.node import Cache, DynamicNode, Node, build_node, get_prefix, nodes, set_prefix
 from cacheme.plugins import Storage, hookimpl, installed_schemes
@@ -25,6 +31,7 @@ __all__ = [
     "CachemeError",
     "DoorKeeper",
     "DynamicNode",
+    "InvalidKeyError",
     "LocalStorage",
     "Memoize",
     "Memoized",

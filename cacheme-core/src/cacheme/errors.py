@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["CachemeError", "StorageConfigError", "NodeDefinitionError", "StorageNotRegistered"]
+__all__ = [
+    "CachemeError",
+    "StorageConfigError",
+    "NodeDefinitionError",
+    "StorageNotRegistered",
+    "InvalidKeyError",
+]
 
 
 class CachemeError(Exception):
@@ -19,3 +25,11 @@ class NodeDefinitionError(CachemeError, TypeError):
 
 class StorageNotRegistered(CachemeError, LookupError):  # noqa: N818 - public name
     """A node's Cache names a storage that was never registered."""
+
+
+class InvalidKeyError(CachemeError, ValueError):
+    """A node's cache key cannot be stored by every tier (a NUL character, or text that is not UTF-8).
+
+    Raised at the node's first use (``get``, ``get_all``, a memoized call...),
+    before anything is read or loaded.
+    """

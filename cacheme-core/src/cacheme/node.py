@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from typing_extensions import dataclass_transform
 
 from cacheme.doorkeeper import DoorKeeper
-from cacheme.errors import NodeDefinitionError
+from cacheme.errors import InvalidKeyError, NodeDefinitionError
 from cacheme.serializer import Serializer
 from cacheme.stats import Metrics
 
@@ -143,7 +143,11 @@ class Node:
         return await asyncio.gather(*(node.load() for node in nodes))
 
     def full_key(self) -> str:
-        """``{prefix}:{key()}:{Meta.version}``, built once per instance and prefix."""
+        """``{prefix}:{key()}:{Meta.version}``, built once per instance and prefix.
+
+        Raises ``InvalidKeyError`` for a key some storage cannot keep: one with a
+        NUL character or a surrogate code point (text that is not valid UTF-8).
+        """
         prefix = _prefix
         cached = self._cacheme_key
         if cached is not None and cached[0] is prefix:
@@ -152,12 +156,36 @@ class Node:
         if not isinstance(key, str):
             raise TypeError(f"{type(self).__qualname__}.key() must return str, got {type(key).__name__}")
         full = f"{prefix}:{key}:{self.Meta.version}"
+        if not full.isascii() or "\x00" in full:  # ASCII without NUL: nothing more to check
+            _check_storable(type(self), full)
         # object.__setattr__: frozen dataclasses included; not a field, so not in eq or repr.
         try:  # noqa: SIM105 - contextlib.suppress costs more than the rest of this method
             object.__setattr__(self, "_cacheme_key", (prefix, full))
         except AttributeError:  # a class with __slots__ cannot keep it: its key is built every time
             pass
         return full
+
+
+def _check_storable(node_class: type[Node], full_key: str) -> None:
+    """Raise ``InvalidKeyError`` if ``full_key`` holds a NUL character or a surrogate code point.
+
+    A NUL character cannot be stored by PostgreSQL; a surrogate (a lone half of
+    a UTF-16 pair) makes the key invalid UTF-8, which no remote storage stores.
+    The error names the node class, shows the key and says what to do.
+    """
+    try:
+        if 0 not in full_key.encode("utf-8"):  # no NUL byte (an int operand: a plain memchr)
+            return
+        position, problem, why = full_key.index("\x00"), "a NUL character", "which PostgreSQL cannot store"
+    except UnicodeEncodeError as error:
+        position = error.start
+        problem = f"a surrogate code point ({full_key[position]!r})"
+        why = "so it is not valid UTF-8 and no remote storage can store it"
+    raise InvalidKeyError(
+        f"{node_class.__qualname__}'s cache key {full_key!r} has {problem} at index {position}, {why} "
+        "(the node would never be cached there). A key must have no NUL character and encode as "
+        "UTF-8: escape or hash the part of key() that carries such characters."
+    )
 
 
 class DynamicNode(Node):

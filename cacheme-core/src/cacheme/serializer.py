@@ -18,13 +18,17 @@ import json
 import pickle
 import uuid
 import zlib
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Final, Protocol, runtime_checkable
 
 import msgpack
 import pydantic
 import pydantic_core
 
+from cacheme.errors import CachemeError
+
 __all__ = [
+    "DEFAULT_MAX_INFLATED_SIZE",
+    "DecompressionLimitError",
     "Serializer",
     "PickleSerializer",
     "JSONSerializer",
@@ -35,6 +39,11 @@ __all__ = [
 ]
 
 COMPRESSION_LEVEL = 3
+
+# The most bytes a Compressed* serializer inflates one cached value to, unless
+# told otherwise (its ``max_size``): what a corrupt or hostile entry can cost in
+# memory (about twice this, briefly) and in time on the event loop.
+DEFAULT_MAX_INFLATED_SIZE: Final = 32 * 1024 * 1024
 
 
 @runtime_checkable
@@ -109,16 +118,54 @@ class MsgPackSerializer:
         return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
+class DecompressionLimitError(CachemeError, ValueError):
+    """Compressed cached bytes inflate to more than the serializer's ``max_size``.
+
+    The engine treats it like any value that does not decode: a miss, logged
+    and counted in ``storage_error_count``, loaded again from the source.
+    """
+
+
 class _Compressed:
-    """zlib (level 3) around another serializer."""
+    """zlib (level 3) around another serializer; ``loads`` inflates at most ``max_size`` bytes.
+
+    ``max_size`` (default ``DEFAULT_MAX_INFLATED_SIZE``, 32 MiB) bounds what one
+    cached value may inflate to: bytes that inflate further (a corrupt entry,
+    or a "zlib bomb" written by someone who can write to the storage) raise
+    ``DecompressionLimitError`` after inflating ``max_size + 1`` bytes, never more.
+    """
 
     inner: ClassVar[PickleSerializer | JSONSerializer | MsgPackSerializer]
+
+    def __init__(self, max_size: int = DEFAULT_MAX_INFLATED_SIZE) -> None:
+        if not isinstance(max_size, int) or isinstance(max_size, bool):
+            raise TypeError(f"{type(self).__name__} max_size must be an int (bytes), got {max_size!r}")
+        if max_size <= 0:
+            raise ValueError(f"{type(self).__name__} max_size must be positive (bytes), got {max_size!r}")
+        self.max_size = max_size
 
     def dumps(self, obj: Any) -> bytes:
         return zlib.compress(self.inner.dumps(obj), COMPRESSION_LEVEL)
 
     def loads(self, data: bytes) -> Any:
-        return self.inner.loads(zlib.decompress(data))
+        return self.inner.loads(self._inflate(data))
+
+    def _inflate(self, data: bytes) -> bytes:
+        """``data`` inflated: ``DecompressionLimitError`` past ``max_size``, ``zlib.error`` if corrupt."""
+        inflater = zlib.decompressobj()
+        inflated = inflater.decompress(data, self.max_size + 1)
+        if len(inflated) > self.max_size:
+            raise DecompressionLimitError(
+                f"{type(self).__name__}: cached bytes inflate to more than {self.max_size} bytes (max_size); "
+                f"the entry is not read. Pass a larger max_size to {type(self).__name__}(max_size=...) "
+                "if values this large are expected."
+            )
+        if not inflater.eof:
+            raise zlib.error("incomplete or truncated zlib stream")
+        return inflated
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(max_size={self.max_size})"
 
 
 class CompressedPickleSerializer(_Compressed):

@@ -14,10 +14,18 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar, Final
 
-__all__ = ["MISSING", "BaseStorage", "LocalStorage", "ttl_milliseconds", "ttl_seconds"]
+__all__ = [
+    "LATEST_EXPIRY",
+    "MISSING",
+    "BaseStorage",
+    "LocalStorage",
+    "capped_ttl",
+    "ttl_milliseconds",
+    "ttl_seconds",
+]
 
 
 class _Missing:
@@ -141,3 +149,21 @@ def ttl_milliseconds(ttl: timedelta) -> int:
 def ttl_seconds(ttl: timedelta) -> float:
     """A ttl in seconds as a float (sub-second precision kept)."""
     return ttl.total_seconds()
+
+
+def capped_ttl(ttl: timedelta | None, maximum: timedelta) -> timedelta | None:
+    """``ttl``, or ``maximum`` when ``ttl`` is longer: the longest a backend can hold.
+
+    Users write ``timedelta.max`` (or any very long ttl) to mean "for ever";
+    a backend whose clock or column cannot reach that far keeps the entry for
+    ``maximum`` instead of failing the write. ``None`` (never expires) stays ``None``.
+    """
+    if ttl is not None and ttl > maximum:
+        return maximum
+    return ttl
+
+
+# The latest moment a Python datetime holds (9999-12-31 23:59:59.999999 UTC). A
+# backend that keeps an entry's expiry as a datetime keeps one that would expire
+# later (``timedelta.max`` from now, say) until this moment instead.
+LATEST_EXPIRY: Final = datetime.max.replace(tzinfo=timezone.utc)

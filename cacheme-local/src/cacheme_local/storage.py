@@ -6,14 +6,19 @@ import threading
 import time
 from collections import OrderedDict
 from datetime import timedelta
-from typing import Any
+from typing import Any, Final
 
 from theine_core import TlfuCore, spread
 
 from cacheme.errors import StorageConfigError
-from cacheme.storage import MISSING, LocalStorage
+from cacheme.storage import MISSING, LocalStorage, capped_ttl
 
-__all__ = ["TLFUStorage", "LRUStorage", "local_storage"]
+__all__ = ["MAX_TTL", "TLFUStorage", "LRUStorage", "local_storage"]
+
+# The longest ttl a local storage keeps: theine's policy takes a ttl as a signed
+# 64-bit count of nanoseconds, 2**63 - 1 ns (about 292 years). A longer ttl,
+# ``timedelta.max`` included, is kept as MAX_TTL (both policies, alike).
+MAX_TTL: Final = timedelta(microseconds=(2**63 - 1) // 1000)
 
 
 def _checked_size(url: str, size: object) -> int:
@@ -32,7 +37,8 @@ class TLFUStorage(LocalStorage):
     appended to a buffer, and the policy learns of reads in batches of
     ``READ_BATCH``. Writes go to the policy at once, so ``size`` holds exactly.
     Each entry keeps its expiry, checked on every read to the nanosecond; the
-    policy's timer wheel also reports expired keys, which are dropped.
+    policy's timer wheel also reports expired keys, which are dropped. A ttl
+    longer than ``MAX_TTL`` (about 292 years) is kept as ``MAX_TTL``.
     """
 
     READ_BATCH = 64
@@ -100,6 +106,7 @@ class TLFUStorage(LocalStorage):
 
     def set_sync(self, key: str, value: Any, ttl: timedelta | None) -> None:
         key_hash = spread(hash(key))
+        ttl = capped_ttl(ttl, MAX_TTL)
         ttl_ns = 0 if ttl is None else _ttl_nanoseconds(ttl)
         expires = time.monotonic_ns() + ttl_ns if ttl_ns else 0
         with self._lock:
@@ -122,7 +129,10 @@ class TLFUStorage(LocalStorage):
 
 
 class LRUStorage(LocalStorage):
-    """Exact least-recently-used eviction; entries expire to the nanosecond on read."""
+    """Exact least-recently-used eviction; entries expire to the nanosecond on read.
+
+    A ttl longer than ``MAX_TTL`` (about 292 years) is kept as ``MAX_TTL``, as in TLFU.
+    """
 
     def __init__(self, url: str, size: int | None = None) -> None:
         super().__init__(url)
@@ -148,6 +158,7 @@ class LRUStorage(LocalStorage):
             return value
 
     def set_sync(self, key: str, value: Any, ttl: timedelta | None) -> None:
+        ttl = capped_ttl(ttl, MAX_TTL)
         expires = 0 if ttl is None else time.monotonic_ns() + _ttl_nanoseconds(ttl)
         with self._lock:
             self._entries[key] = (value, expires)

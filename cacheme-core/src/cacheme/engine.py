@@ -14,7 +14,7 @@ import itertools
 import logging
 import time
 import typing
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import pydantic
@@ -35,6 +35,10 @@ Loader = Callable[[], Awaitable[Any]]
 
 # A storage that keeps failing is logged at most once per this many seconds.
 ERROR_LOG_INTERVAL = 1.0
+
+# The keys being refreshed or invalidated (the same dict as singleflight.changing, never rebound).
+# A flight made for one of them is made stale: it may read the value being replaced.
+_changing = singleflight.changing
 
 
 class Tier:
@@ -59,6 +63,7 @@ class NodeConfig:
         "local_prefix",
         "metrics",
         "node_class",
+        "own_load_all",
         "serializer",
         "tiers",
     )
@@ -89,6 +94,17 @@ class NodeConfig:
         self.serializer = serializer
         self.doorkeeper: DoorKeeper | None = meta.doorkeeper
         self.adapter = _return_adapter(node_class, serializer)
+        # Whether get_all loads with the class's own load_all (one batch, one outcome) rather
+        # than each node's load() on its own (see _fetch_many).
+        self.own_load_all = _defines_load_all(node_class)
+
+
+def _defines_load_all(node_class: type[Node]) -> bool:
+    """Whether ``node_class`` or a base class other than ``Node`` defines ``load_all``."""
+    for klass in node_class.__mro__:
+        if "load_all" in klass.__dict__:
+            return klass is not Node
+    return False
 
 
 def _return_adapter(
@@ -183,10 +199,14 @@ async def _write_remotes(
     tiers: Sequence[Tier],
     values: Mapping[str, Any],
     encoded: Mapping[str, bytes] | None = None,
+    *,
+    write_back: bool = True,
 ) -> None:
     """Write ``values`` into the remote tiers among ``tiers``, concurrently.
 
     ``encoded`` holds bytes already read for some keys, written as they are.
+    A ``write_back`` (a fetch's, whose callers were answered already) is not
+    given up when its task is cancelled: see ``_write_remote``.
     """
     remote = [tier for tier in tiers if not tier.local]
     if not remote or not values:
@@ -205,20 +225,56 @@ async def _write_remotes(
     if not payload:
         return
     if len(remote) == 1:
-        await _write_remote(config, remote[0], payload)
-    else:
-        await asyncio.gather(*(_write_remote(config, tier, payload) for tier in remote))
-
-
-async def _write_remote(config: NodeConfig, tier: Tier, payload: Mapping[str, bytes]) -> None:
+        await _write_remote(config, remote[0], payload, write_back)
+        return
+    writes = asyncio.gather(*(_write_remote(config, tier, payload, write_back) for tier in remote))
     try:
-        if len(payload) == 1:
-            ((key, raw),) = payload.items()
-            await tier.storage.set(key, raw, tier.ttl)
-        else:
-            await tier.storage.set_many(payload, tier.ttl)
+        await asyncio.shield(writes)
+    except asyncio.CancelledError:
+        if not write_back:
+            raise
+        _uncancel_current_task()
+        await writes  # each write finishes (or is sent again) by itself
+
+
+async def _write_remote(
+    config: NodeConfig, tier: Tier, payload: Mapping[str, bytes], write_back: bool
+) -> None:
+    """Write ``payload`` into one remote tier; a failure is counted and logged, never raised.
+
+    A write-back cut off by a cancel is sent once more, in full: ``asyncio.run``
+    cancels every task of its loop (drivers' own tasks included) when its main
+    coroutine ends, and the write-backs of the last requests would be lost.
+    The loop's shutdown waits for it; the fetch then ends normally.
+    """
+    try:
+        await _send(tier, payload)
+    except asyncio.CancelledError:
+        if not write_back:
+            raise
+        _uncancel_current_task()
+        try:
+            await _send(tier, payload)
+        except Exception as error:
+            _storage_failed(config, tier, "write", error, len(payload))
     except Exception as error:
         _storage_failed(config, tier, "write", error, len(payload))
+
+
+def _uncancel_current_task() -> None:
+    """Take back the cancel the running task has just caught (Python 3.11+ counts them)."""
+    task = asyncio.current_task()
+    uncancel = getattr(task, "uncancel", None)
+    if uncancel is not None:
+        uncancel()
+
+
+async def _send(tier: Tier, payload: Mapping[str, bytes]) -> None:
+    if len(payload) == 1:
+        ((key, raw),) = payload.items()
+        await tier.storage.set(key, raw, tier.ttl)
+    else:
+        await tier.storage.set_many(payload, tier.ttl)
 
 
 def _admitted(config: NodeConfig, key: str) -> bool:
@@ -338,6 +394,8 @@ def _want(
 ) -> singleflight.Flight:
     """Enter a flight for ``key``; the keys wanted in one loop turn are fetched by one task."""
     flight = singleflight.Flight(source=(node, load))
+    if _changing and key in _changing:
+        flight.stale = True
     table.flights[key] = flight
     pending = table.groups.get(config)
     if pending is None:
@@ -404,8 +462,14 @@ async def _fetch_many(
     wanted: dict[str, Node],
     flights: dict[str, singleflight.Flight],
 ) -> None:
-    """get_all's fetch of the keys of ``flights``: one batch read per tier, one ``load_all`` for the rest,
-    batch writes. ``wanted`` holds the node of each of those keys (and maybe of others)."""
+    """get_all's fetch of the keys of ``flights``: one batch read per tier, then the source for the
+    rest, batch writes. ``wanted`` holds the node of each of those keys (and maybe of others).
+
+    A node class with a ``load_all`` of its own loads the rest with one call,
+    whose outcome is every key's. Otherwise each node is loaded by itself,
+    concurrently, and each key gets its own outcome: one key's failure fails
+    only that key's waiters.
+    """
     error: BaseException | None = None
     try:
         missing, backfills = await _read_remote_tiers(config, flights)
@@ -415,18 +479,11 @@ async def _fetch_many(
         del wanted
         loaded: dict[str, Any] = {}
         if missing:
-            try:
-                results = await _load_many(config, nodes)
-            except Exception as caught:
-                error = caught
+            if config.own_load_all:
+                error = await _load_batch(config, missing, nodes, flights, loaded)
             else:
-                for key, value in zip(missing, results, strict=True):
-                    if not flights[key].stale and _admitted(config, key):
-                        loaded[key] = value
-                _write_local(config.tiers, loaded)
-                for key, value in zip(missing, results, strict=True):
-                    flights[key].resolve(value, False)
-            del nodes
+                await _load_each(config, missing, nodes, flights, loaded)
+        del nodes
         await _write_backfills(config, backfills)
         await _write_remotes(config, config.tiers, loaded)
     except BaseException as caught:
@@ -435,6 +492,73 @@ async def _fetch_many(
             raise
     finally:
         table.finish(flights.items(), error)
+
+
+async def _load_batch(
+    config: NodeConfig,
+    missing: list[str],
+    nodes: list[Node],
+    flights: Mapping[str, singleflight.Flight],
+    loaded: dict[str, Any],
+) -> Exception | None:
+    """Load ``nodes`` with the class's ``load_all``; resolve their flights and write the local tiers.
+
+    What the remote tiers are to get goes into ``loaded``. Returns the
+    exception of a failed ``load_all``: the caller fails every flight with it.
+    """
+    try:
+        results = await _load_many(config, nodes)
+    except Exception as caught:
+        return caught
+    for key, value in zip(missing, results, strict=True):
+        if not flights[key].stale and _admitted(config, key):
+            loaded[key] = value
+    _write_local(config.tiers, loaded)
+    for key, value in zip(missing, results, strict=True):
+        flights[key].resolve(value, False)
+    return None
+
+
+async def _load_each(
+    config: NodeConfig,
+    missing: list[str],
+    nodes: list[Node],
+    flights: Mapping[str, singleflight.Flight],
+    loaded: dict[str, Any],
+) -> None:
+    """Load each of ``nodes`` by itself, concurrently, each counted on its own; then answer each
+    flight with its own outcome and write the local tiers.
+
+    What the remote tiers are to get goes into ``loaded``. A load's exception
+    fails its own flight only.
+    """
+    if len(nodes) == 1:
+        outcomes = [await _try_load(config, nodes[0])]
+    else:
+        outcomes = await asyncio.gather(*_try_loads(config, nodes))
+    for key, (value, error) in zip(missing, outcomes, strict=True):
+        if error is None and not flights[key].stale and _admitted(config, key):
+            loaded[key] = value
+    _write_local(config.tiers, loaded)
+    for key, (value, error) in zip(missing, outcomes, strict=True):
+        if error is None:
+            flights[key].resolve(value, False)
+        else:
+            flights[key].fail(error)
+
+
+async def _try_load(config: NodeConfig, node: Node) -> tuple[Any, Exception | None]:
+    """``(value, None)`` from the node's source, or ``(None, its exception)``."""
+    try:
+        return await _load_one(config, node, None), None
+    except Exception as error:
+        return None, error
+
+
+def _try_loads(
+    config: NodeConfig, nodes: list[Node]
+) -> list[Coroutine[Any, Any, tuple[Any, Exception | None]]]:
+    return [_try_load(config, node) for node in nodes]
 
 
 # ---------------------------------------------------------------- public API
@@ -540,7 +664,10 @@ async def get_all(nodes: Sequence[Node]) -> list[Any]:
             if task is None:
                 # Its first step runs next turn, when ``started`` is complete.
                 task = table.spawn(_fetch_many(table, config, missing, started))
-            waiting[key] = flights[key] = started[key] = singleflight.Flight(task)
+            flight = singleflight.Flight(task)
+            if _changing and key in _changing:
+                flight.stale = True
+            waiting[key] = flights[key] = started[key] = flight
         elif flight.outcome is not None:  # fetched already: this request caused no load
             results[key] = flight.outcome[0]
             hit_keys.add(key)
@@ -568,40 +695,52 @@ def _count_in(keys: list[str], chosen: set[str]) -> int:
     return sum(1 for key in keys if key in chosen)
 
 
-async def _mark_stale(key: str) -> None:
-    """Keep a fetch in flight for ``key`` from writing what it fetched.
+async def _settle(flight: singleflight.Flight | None) -> None:
+    """Wait for the write-back of a fetch that already answered its callers, if one is running.
 
-    A fetch that already answered its callers may be writing back right now:
-    wait until that write is done, so that what the caller does next lands
-    after it.
+    So that what ``refresh``/``invalidate`` writes or deletes next lands after it.
     """
-    flight = singleflight.table().flights.get(key)
-    if flight is not None:
-        flight.stale = True
-        if flight.done:
-            await singleflight.settle(flight)
+    if flight is not None and flight.done:
+        await singleflight.settle(flight)
 
 
 async def invalidate(node: Node) -> None:
-    """Remove the node's key from every tier."""
+    """Remove the node's key from every tier.
+
+    A fetch of the key that races it answers its own callers but writes no
+    tier, and once ``invalidate`` has returned no request joins it.
+    """
     config = configure(type(node))
     key = node.full_key()
-    await _mark_stale(key)
-    for tier in config.tiers:
-        try:
-            await tier.storage.delete(key)
-        except Exception as error:
-            _storage_failed(config, tier, "delete", error)
+    racing = singleflight.begin_change(key)
+    try:
+        await _settle(racing)
+        for tier in config.tiers:
+            try:
+                await tier.storage.delete(key)
+            except Exception as error:
+                _storage_failed(config, tier, "delete", error)
+    finally:
+        singleflight.end_change(key)
 
 
 async def refresh(node: Node) -> Any:
-    """Load the node from its source and overwrite every tier with the value."""
+    """Load the node from its source and overwrite every tier with the value.
+
+    A fetch of the key that races it answers its own callers but writes no
+    tier, and once ``refresh`` has returned no request joins it: every tier of
+    this process serves the new value (but a tier whose write failed keeps what it had).
+    """
     config = configure(type(node))
     key = node.full_key()
-    await _mark_stale(key)
-    value = await _load_one(config, node, None)
-    _write_local(config.tiers, {key: value})
-    await _write_remotes(config, config.tiers, {key: value})
+    racing = singleflight.begin_change(key)
+    try:
+        await _settle(racing)
+        value = await _load_one(config, node, None)
+        _write_local(config.tiers, {key: value})
+        await _write_remotes(config, config.tiers, {key: value}, write_back=False)
+    finally:
+        singleflight.end_change(key)
     return value
 
 

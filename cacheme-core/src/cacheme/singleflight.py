@@ -8,17 +8,35 @@ waiter. A flight leaves the table when the work for its key has ended.
 
 Each event loop has a table of its own: futures belong to one loop, so loops
 in other threads never see each other's flights.
+
+``refresh`` and ``invalidate`` win over the fetches that race them. While
+either runs for a key, the key is listed in ``changing`` (process-wide, all
+threads): a flight made for it then is made stale, because what it reads may
+be the value being replaced; a stale flight answers its waiters but writes no
+tier. When either ends, the key's flights, in every loop, are marked stale and
+detached from their tables: a request that comes after no longer joins a
+fetch that may have read the earlier value, it starts one of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import weakref
 from collections.abc import Coroutine, Iterable
 from typing import Any
 
-__all__ = ["Flight", "FlightTable", "table", "in_flight_count", "settle"]
+__all__ = [
+    "Flight",
+    "FlightTable",
+    "table",
+    "in_flight_count",
+    "settle",
+    "changing",
+    "begin_change",
+    "end_change",
+]
 
 
 class Flight:
@@ -90,14 +108,16 @@ class FlightTable:
 
     ``groups`` gathers the keys that missed in one turn of the loop (per node
     config) so that one task fetches them together: the flights of the group
-    and the task that will fetch them.
+    and the task that will fetch them. ``detached`` holds the flights taken
+    out of ``flights`` by ``detach`` (flight -> key) until their work ends.
     """
 
-    __slots__ = ("loop", "flights", "groups", "tasks", "_sweep_scheduled")
+    __slots__ = ("loop", "flights", "detached", "groups", "tasks", "_sweep_scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.flights: dict[str, Flight] = {}
+        self.detached: dict[Flight, str] = {}
         self.groups: dict[Any, tuple[dict[str, Flight], asyncio.Task[None]]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self._sweep_scheduled = False
@@ -125,6 +145,7 @@ class FlightTable:
         """
         self._sweep_scheduled = False
         stuck = [(key, f) for key, f in self.flights.items() if f.task is not None and f.task.done()]
+        stuck += [(key, f) for f, key in self.detached.items() if f.task is not None and f.task.done()]
         self.finish(stuck, asyncio.CancelledError())
         for owner in [owner for owner, (_, task) in self.groups.items() if task.done()]:
             del self.groups[owner]
@@ -138,11 +159,30 @@ class FlightTable:
         if isinstance(error, asyncio.CancelledError):
             error = RuntimeError("cacheme: the fetch was cancelled")
         table = self.flights
+        detached = self.detached
         for key, flight in flights:
             if table.get(key) is flight:
                 del table[key]
+            elif detached:
+                detached.pop(flight, None)
             if flight.outcome is None and flight.error is None:
                 flight.fail(error or RuntimeError(f"cacheme: the fetch of {key!r} ended without a value"))
+
+    def detach(self, key: str, flight: Flight) -> None:
+        """Mark ``flight`` stale and, if it is still the key's flight here, take it out of ``flights``.
+
+        Requests that come after start a fetch of their own instead of joining
+        it. Its work goes on for the waiters it has. A flight whose group has
+        not started reading yet stays: what it will read is already current.
+        """
+        flight.stale = True
+        if self.flights.get(key) is not flight:
+            return
+        for group, _ in self.groups.values():
+            if group.get(key) is flight:
+                return
+        del self.flights[key]
+        self.detached[flight] = key
 
 
 _tables: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FlightTable] = weakref.WeakKeyDictionary()
@@ -160,8 +200,12 @@ def table() -> FlightTable:
 
 
 def in_flight_count() -> int:
-    """How many keys are being fetched (or written back) in the running event loop."""
-    return len(table().flights)
+    """How many keys are being fetched (or written back) in the running event loop.
+
+    Fetches detached by ``refresh``/``invalidate`` count until they end.
+    """
+    found = table()
+    return len(found.flights) + len(found.detached)
 
 
 async def settle(flight: Flight) -> None:
@@ -169,3 +213,56 @@ async def settle(flight: Flight) -> None:
     task = flight.task
     if task is not None and not task.done():
         await asyncio.wait({task})
+
+
+# The keys whose refresh or invalidate is running, in any thread, with how many
+# such calls are running for each; empty when nothing changes. The dict is
+# never rebound: the engine reads it without the lock (``key in changing``).
+changing: dict[str, int] = {}
+_changing_lock = threading.Lock()
+
+
+def _every_table() -> list[FlightTable]:
+    with _tables_lock:
+        return list(_tables.values())
+
+
+def begin_change(key: str) -> Flight | None:
+    """A refresh or invalidate of ``key`` starts: list the key in ``changing`` and mark its flights
+    stale in every event loop. Pair it with ``end_change(key)`` in a ``finally``.
+
+    Returns the running loop's flight for the key, if any, for the caller to
+    ``settle``: a flight that answered already may be writing back the earlier value.
+    """
+    with _changing_lock:
+        changing[key] = changing.get(key, 0) + 1
+    for each in _every_table():
+        flight = each.flights.get(key)
+        if flight is not None:
+            flight.stale = True
+    return table().flights.get(key)
+
+
+def end_change(key: str) -> None:
+    """The refresh or invalidate of ``key`` has ended: unlist it, and detach its flights in every loop.
+
+    The running loop's flight is detached at once; another loop's through that
+    loop (a callback it runs before anything asked of it after this call).
+    """
+    with _changing_lock:
+        count = changing[key] - 1
+        if count:
+            changing[key] = count
+        else:
+            del changing[key]
+    running = asyncio.get_running_loop()
+    for each in _every_table():
+        flight = each.flights.get(key)
+        if flight is None:
+            continue
+        if each.loop is running:
+            each.detach(key, flight)
+            continue
+        flight.stale = True
+        with contextlib.suppress(RuntimeError):  # that loop is closed: no request will ask it again
+            each.loop.call_soon_threadsafe(each.detach, key, flight)

@@ -136,3 +136,20 @@ async def test_concurrent_operations(storage: BaseStorage) -> None:
 
     results = await asyncio.gather(*(one(i) for i in range(300)))
     assert results == [str(i).encode() for i in range(300)]
+
+
+# ttls users write to mean "for ever": timedelta.max, and the first whole number
+# of days past 2**63 nanoseconds (what a signed 64-bit count of nanoseconds holds).
+ENDLESS_TTLS = [timedelta.max, timedelta(days=106752)]
+
+
+@pytest.mark.parametrize("ttl", ENDLESS_TTLS, ids=["timedelta.max", "106752-days"])
+async def test_ttl_beyond_the_backend_range_keeps_the_value(storage: BaseStorage, ttl: timedelta) -> None:
+    await storage.set("endless", b"e", ttl)
+    await storage.set_many({"endless-a": b"a", "endless-b": b"b"}, ttl)
+    assert await storage.get("endless") == b"e"
+    assert await storage.get_many(["endless-a", "endless-b"]) == {"endless-a": b"a", "endless-b": b"b"}
+    # Overwriting a key with the same ttl keeps the new value too.
+    await storage.set("endless", b"again", ttl)
+    await storage.set_many({"endless-a": b"a2"}, ttl)
+    assert await storage.get_many(["endless", "endless-a"]) == {"endless": b"again", "endless-a": b"a2"}

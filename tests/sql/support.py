@@ -27,7 +27,7 @@ class Database:
     url: str
     table: str
 
-    def storage(self, **options: Any) -> SqlStorage:
+    def storage(self, **options: Any) -> SqlStorage[Any]:
         options.setdefault("table", self.table)
         built = cacheme.Storage(self.url, **options)
         assert isinstance(built, SqlStorage)

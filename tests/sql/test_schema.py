@@ -83,3 +83,15 @@ async def test_connect_on_an_existing_table_keeps_its_rows(db: Database) -> None
         assert await second.get("kept") == b"yes"
     finally:
         await second.close()
+
+
+async def test_create_table_false_on_a_missing_table_is_a_config_error_naming_the_schema_file(
+    db: Database,
+) -> None:
+    name = f"missing-{db.table}"
+    with pytest.raises(cacheme.StorageConfigError) as raised:
+        await cacheme.register_storage(name, db.storage(create_table=False))
+    message = str(raised.value)
+    assert f"{db.kind} table {db.table!r} does not exist" in message
+    assert f"cacheme_sql/sql/{db.kind}.sql" in message
+    assert name not in cacheme.registered_storages()

@@ -24,7 +24,9 @@ async def register_storage(name: str, storage: BaseStorage) -> None:
     """Connect ``storage`` and make it available under ``name``.
 
     Connection errors are raised here, not at the first request. Registering
-    a name again replaces the storage (the old one is closed).
+    a name again replaces the storage; the one it replaces is closed unless it
+    is still registered under another name. A storage already registered
+    (under this name or another) is not connected again.
     """
     global _generation
     if not isinstance(name, str) or not name:
@@ -34,22 +36,29 @@ async def register_storage(name: str, storage: BaseStorage) -> None:
             f"register_storage({name!r}, ...) needs a storage built by cacheme.Storage(url), "
             f"got {type(storage).__name__}"
         )
-    await storage.connect()
+    if not _is_registered(storage):
+        await storage.connect()
     previous = _storages.get(name)
     _storages[name] = storage
     _generation += 1
-    if previous is not None and previous is not storage:
+    if previous is not None and not _is_registered(previous):
         await _close_quietly(name, previous)
 
 
 async def unregister_storage(name: str) -> None:
-    """Close the storage registered under ``name`` and forget it."""
+    """Forget the storage registered under ``name``; close it unless it is registered under another name."""
     global _generation
     storage = _storages.pop(name, None)
     if storage is None:
         raise StorageNotRegistered(f"no storage is registered as {name!r}")
     _generation += 1
-    await _close_quietly(name, storage)
+    if not _is_registered(storage):
+        await _close_quietly(name, storage)
+
+
+def _is_registered(storage: BaseStorage) -> bool:
+    """Whether ``storage`` (this very object) is registered under some name."""
+    return any(registered is storage for registered in _storages.values())
 
 
 async def _close_quietly(name: str, storage: BaseStorage) -> None:

@@ -15,11 +15,13 @@ them out itself.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import pymongo
 import pymongo.common
@@ -28,10 +30,14 @@ import pymongo.uri_parser
 from pymongo import AsyncMongoClient, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 
+from cacheme.batching import Coalescer
 from cacheme.errors import CachemeError, StorageConfigError
-from cacheme.storage import BaseStorage
+from cacheme.loops import PerLoop
+from cacheme.storage import LATEST_EXPIRY, BaseStorage
 
 __all__ = ["MongoStorage", "MongoUnavailableError"]
+
+T = TypeVar("T")
 
 VALUE_FIELD = "value"
 EXPIRE_FIELD = "expire_at"
@@ -62,6 +68,26 @@ _OWN_CLIENT_OPTIONS = {
     "tz_aware": None,
     "connect": None,
 }
+
+
+# A write request: values with one ttl (one value for a set); a turn's requests are one bulk_write.
+WriteRequest = tuple[Mapping[str, bytes], "timedelta | None"]
+
+
+class _LoopState:
+    """What the storage holds for one event loop: its client, and the writes of the current turn."""
+
+    def __init__(self, client: AsyncMongoClient[dict[str, Any]], database: str, collection: str) -> None:
+        self.client = client
+        self.collection: AsyncCollection[dict[str, Any]] = client[database][collection]
+        self.writes: Coalescer[WriteRequest, None] | None = None
+
+    async def close(self) -> None:
+        try:
+            if self.writes is not None:
+                await self.writes.drain()
+        finally:
+            await self.client.close()
 
 
 class MongoUnavailableError(CachemeError, ConnectionError):
@@ -171,8 +197,11 @@ class MongoStorage(BaseStorage):
                     f"pool_size, connect_timeout, timeout, nor a valid PyMongo client option: {error})"
                 ) from None
         self.client_options = dict(client_options)
-        self._client: AsyncMongoClient[dict[str, Any]] | None = None
-        self._collection: AsyncCollection[dict[str, Any]] | None = None
+        # One client per event loop: PyMongo's async client belongs to the loop that made it.
+        self._states: PerLoop[_LoopState] = PerLoop(
+            self._new_state, _LoopState.close, name=f"client of {self!r}"
+        )
+        self._ready = False
 
     def __repr__(self) -> str:
         # The url may hold a password: show the hosts only.
@@ -180,9 +209,8 @@ class MongoStorage(BaseStorage):
             f"MongoStorage(hosts={self.hosts!r}, database={self.database!r}, collection={self.collection!r})"
         )
 
-    async def connect(self) -> None:
-        if self._client is not None:
-            return
+    async def _new_state(self) -> _LoopState:
+        """A client for the running loop (no I/O: it connects on its first operation)."""
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             self.url,
             maxPoolSize=self.pool_size,
@@ -193,15 +221,23 @@ class MongoStorage(BaseStorage):
             appname="cacheme",
             **self.client_options,
         )
-        collection = client[self.database][self.collection]
+        state = _LoopState(client, self.database, self.collection)
+        state.writes = Coalescer(asyncio.get_running_loop(), functools.partial(self._write_batch, state))
+        return state
+
+    async def connect(self) -> None:
+        """Check that the server answers and create the TTL index; connecting again is a no-op."""
+        state = await self._states.get()
+        if self._ready:
+            return
         try:
             with pymongo.timeout(self.connect_timeout):
-                await client.admin.command("ping")
-            await collection.create_index(
+                await state.client.admin.command("ping")
+            await state.collection.create_index(
                 [(EXPIRE_FIELD, pymongo.ASCENDING)], name=TTL_INDEX_NAME, expireAfterSeconds=0
             )
         except pymongo.errors.OperationFailure as error:
-            await client.close()
+            await self._states.close()
             if error.code in (85, 86):  # IndexOptionsConflict, IndexKeySpecsConflict
                 raise StorageConfigError(
                     f"collection {self.database}.{self.collection} already has an index that conflicts with "
@@ -209,59 +245,95 @@ class MongoStorage(BaseStorage):
                 ) from error
             raise
         except pymongo.errors.PyMongoError as error:
-            await client.close()
+            await self._states.close()
             raise MongoUnavailableError(
                 f"MongoDB at {self.hosts} could not be reached within {self.connect_timeout:g} s: {error}"
             ) from error
         except BaseException:
-            await client.close()
+            await self._states.close()
             raise
-        self._client = client
-        self._collection = collection
+        self._ready = True
 
     async def close(self) -> None:
-        client, self._client, self._collection = self._client, None, None
-        if client is not None:
-            await client.close()
+        """Close the client of every event loop; the storage may be used again after."""
+        await self._states.close()
 
-    def _coll(self) -> AsyncCollection[dict[str, Any]]:
-        if self._collection is None:
-            raise RuntimeError(f"{self!r} is not connected: register it with cacheme.register_storage first")
-        return self._collection
+    async def _state(self) -> _LoopState:
+        """The running loop's client and write batches."""
+        state = self._states.current()
+        if state is None:
+            if not self._ready:
+                raise RuntimeError(
+                    f"{self!r} is not connected: register it with cacheme.register_storage first"
+                )
+            state = await self._states.get()
+        return state
+
+    async def _run(self, operation: Callable[[AsyncCollection[dict[str, Any]]], Awaitable[T]]) -> T:
+        """``operation(collection)`` through the running loop's client."""
+        return await operation((await self._state()).collection)
+
+    async def _write_batch(self, state: _LoopState, requests: list[WriteRequest]) -> list[None]:
+        """One loop turn's writes as one unordered ``bulk_write`` (a key written twice: the later wins).
+
+        A write cut off by ``AutoReconnect`` (a connection lost, or one of
+        PyMongo's own I/O tasks cancelled, as when a loop shuts down) is sent
+        once more: upserts of the same values are idempotent.
+        """
+        updates: dict[str, dict[str, Any]] = {}
+        for items, ttl in requests:
+            for key, value in items.items():
+                updates[key] = _update(value, ttl)
+        operations = [UpdateOne({"_id": key}, update, upsert=True) for key, update in updates.items()]
+        try:
+            await state.collection.bulk_write(operations, ordered=False)
+        except pymongo.errors.AutoReconnect:
+            await state.collection.bulk_write(operations, ordered=False)
+        return [None] * len(requests)
 
     async def get(self, key: str) -> bytes | None:
-        document = await self._coll().find_one(
-            {"_id": key, **_not_expired(datetime.now(timezone.utc))}, {VALUE_FIELD: True}
-        )
+        async def read(collection: AsyncCollection[dict[str, Any]]) -> dict[str, Any] | None:
+            query = {"_id": key, **_not_expired(datetime.now(timezone.utc))}
+            return await collection.find_one(query, {VALUE_FIELD: True})
+
+        document = await self._run(read)
         return None if document is None else _value_of(document)
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
-        collection = self._coll()
-        found: dict[str, bytes] = {}
-        for chunk in _chunks(list(dict.fromkeys(keys))):
-            query = {"_id": {"$in": chunk}, **_not_expired(datetime.now(timezone.utc))}
-            # batch_size: the whole answer in the first reply when it fits in 16 MiB.
-            cursor = collection.find(query, {VALUE_FIELD: True}, batch_size=len(chunk))
-            async for document in cursor:
-                found[document["_id"]] = _value_of(document)
-        return found
+        async def read(collection: AsyncCollection[dict[str, Any]]) -> dict[str, bytes]:
+            found: dict[str, bytes] = {}
+            for chunk in _chunks(list(dict.fromkeys(keys))):
+                query = {"_id": {"$in": chunk}, **_not_expired(datetime.now(timezone.utc))}
+                # batch_size: the whole answer in the first reply when it fits in 16 MiB.
+                cursor = collection.find(query, {VALUE_FIELD: True}, batch_size=len(chunk))
+                async for document in cursor:
+                    found[document["_id"]] = _value_of(document)
+            return found
+
+        return await self._run(read)
 
     async def set(self, key: str, value: bytes, ttl: timedelta | None) -> None:
-        await self._coll().update_one({"_id": key}, _update(value, ttl), upsert=True)
+        await self.set_many({key: value}, ttl)
 
     async def set_many(self, items: Mapping[str, bytes], ttl: timedelta | None) -> None:
+        """Queued with the other writes of this loop turn; sent together as one ``bulk_write``."""
         if not items:
             return
-        requests = [UpdateOne({"_id": key}, _update(value, ttl), upsert=True) for key, value in items.items()]
-        await self._coll().bulk_write(requests, ordered=False)
+        for value in items.values():
+            _check_bytes(value)
+        writes = (await self._state()).writes
+        assert writes is not None
+        await writes.submit((items, ttl))
 
     async def delete(self, key: str) -> None:
-        await self._coll().delete_one({"_id": key})
+        await self.delete_many([key])
 
     async def delete_many(self, keys: Sequence[str]) -> None:
-        collection = self._coll()
-        for chunk in _chunks(list(dict.fromkeys(keys))):
-            await collection.delete_many({"_id": {"$in": chunk}})
+        async def delete(collection: AsyncCollection[dict[str, Any]]) -> None:
+            for chunk in _chunks(list(dict.fromkeys(keys))):
+                await collection.delete_many({"_id": {"$in": chunk}})
+
+        await self._run(delete)
 
 
 def _not_expired(now: datetime) -> dict[str, Any]:
@@ -270,11 +342,22 @@ def _not_expired(now: datetime) -> dict[str, Any]:
 
 
 def _update(value: bytes, ttl: timedelta | None) -> dict[str, Any]:
-    if not isinstance(value, (bytes, bytearray, memoryview)):
-        raise TypeError(f"MongoStorage stores bytes, got {type(value).__name__}")
+    """The upsert's update document: the value, and its expiry ``ttl`` from now (none for ``None``).
+
+    An expiry past the latest datetime (``cacheme.storage.LATEST_EXPIRY``, the last
+    moment of 9999 UTC), as ``timedelta.max`` asks for, is kept as that moment.
+    """
+    _check_bytes(value)
     if ttl is None:
         return {"$set": {VALUE_FIELD: bytes(value)}, "$unset": {EXPIRE_FIELD: ""}}
-    return {"$set": {VALUE_FIELD: bytes(value), EXPIRE_FIELD: datetime.now(timezone.utc) + ttl}}
+    now = datetime.now(timezone.utc)
+    expire_at = LATEST_EXPIRY if ttl >= LATEST_EXPIRY - now else now + ttl
+    return {"$set": {VALUE_FIELD: bytes(value), EXPIRE_FIELD: expire_at}}
+
+
+def _check_bytes(value: object) -> None:
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(f"MongoStorage stores bytes, got {type(value).__name__}")
 
 
 def _value_of(document: Mapping[str, Any]) -> bytes:

@@ -7,10 +7,11 @@ URLs: ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS) and
 
 With ``batch=True`` (the default), the reads made in one turn of the event
 loop (``get`` and ``get_many`` alike) go to Redis as one MGET, and the
-writes (``set`` and ``set_many``) as one pipeline (see ``batching.py``).
+writes (``set`` and ``set_many``) as one pipeline (see ``cacheme.batching``).
 Everything that belongs to a loop (the client, its connections, the pending
-batches) is kept per event loop, so two loops in two threads never share a
-connection or a batch; ``close`` closes the calling loop's share.
+batches) is kept per event loop (``cacheme.loops.PerLoop``), so two loops in
+two threads never share a connection or a batch; a loop's share is closed
+when that loop shuts down, and ``close`` closes every loop's.
 
 Errors are raised as redis-py raises them (``redis.exceptions.RedisError``
 and its subclasses); cacheme's engine turns them into misses and skipped
@@ -20,14 +21,14 @@ writes and counts them.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+from cacheme.batching import Coalescer
+from cacheme.loops import PerLoop
 from cacheme.storage import BaseStorage, ttl_milliseconds
-from cacheme_redis.batching import Coalescer
 from cacheme_redis.commands import RedisCommands, WriteRequest
 from cacheme_redis.options import RedisSettings, build_client
 
@@ -111,44 +112,32 @@ class RedisStorage(BaseStorage):
         self.settings = RedisSettings.parse(
             url, cluster=cluster, pool_size=pool_size, pool_timeout=pool_timeout, batch=batch, **options
         )
-        self._states: dict[asyncio.AbstractEventLoop, _LoopState] = {}
-        self._lock = threading.Lock()
+        self._states: PerLoop[_LoopState] = PerLoop(
+            self._new_state, _LoopState.close, name=f"client of {self!r}"
+        )
 
-    def _state(self) -> _LoopState:
-        loop = asyncio.get_running_loop()
-        state = self._states.get(loop)
-        if state is None:
-            with self._lock:
-                self._forget_closed_loops()
-                state = self._states.setdefault(loop, _LoopState(loop, self.settings))
-        return state
+    async def _new_state(self) -> _LoopState:
+        return _LoopState(asyncio.get_running_loop(), self.settings)
 
-    def _forget_closed_loops(self) -> None:
-        # A loop that was closed can no longer run anything of its client.
-        for stale in [loop for loop in self._states if loop.is_closed()]:
-            del self._states[stale]
+    async def _state(self) -> _LoopState:
+        """The running loop's client and batches (made on the loop's first use; no I/O)."""
+        return self._states.current() or await self._states.get()
 
     async def connect(self) -> None:
         """Checks that the server (or the cluster) answers; raises if it does not."""
-        await self._state().commands.connect()
+        await (await self._state()).commands.connect()
 
     async def close(self) -> None:
-        """Sends what is pending, waits for it, and closes this event loop's connections.
+        """Sends what is pending, waits for it, and closes the connections of every event loop.
 
-        Connections belong to the loop that opened them: a program that uses the
-        storage from several loops closes it from each (the usual single-loop
-        program closes everything with one call). The storage stays usable: it
+        A loop's connections are closed by that loop: the calling loop's here,
+        another running loop's through that loop. The storage stays usable: it
         connects again on the next request.
         """
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            state = self._states.pop(loop, None)
-            self._forget_closed_loops()
-        if state is not None:
-            await state.close()
+        await self._states.close()
 
     async def get(self, key: str) -> bytes | None:
-        state = self._state()
+        state = self._states.current() or await self._states.get()
         if self.settings.batch:
             return (await state.reads.submit((key,)))[0]
         return await state.commands.get(key)
@@ -156,7 +145,7 @@ class RedisStorage(BaseStorage):
     async def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
         if not keys:
             return {}
-        state = self._state()
+        state = self._states.current() or await self._states.get()
         if self.settings.batch:
             values = await state.reads.submit(keys)
         else:
@@ -164,7 +153,7 @@ class RedisStorage(BaseStorage):
         return {key: value for key, value in zip(keys, values, strict=True) if value is not None}
 
     async def set(self, key: str, value: Any, ttl: timedelta | None) -> None:
-        state = self._state()
+        state = self._states.current() or await self._states.get()
         ttl_ms = None if ttl is None else ttl_milliseconds(ttl)
         if self.settings.batch:
             await state.writes.submit(({key: value}, ttl_ms))
@@ -174,7 +163,7 @@ class RedisStorage(BaseStorage):
     async def set_many(self, items: Mapping[str, Any], ttl: timedelta | None) -> None:
         if not items:
             return
-        state = self._state()
+        state = self._states.current() or await self._states.get()
         request = (items, None if ttl is None else ttl_milliseconds(ttl))
         if self.settings.batch:
             await state.writes.submit(request)
@@ -182,10 +171,10 @@ class RedisStorage(BaseStorage):
             await state.commands.set_many(*split_by_expiry([request]))
 
     async def delete(self, key: str) -> None:
-        await self._state().commands.delete(key)
+        await (await self._state()).commands.delete(key)
 
     async def delete_many(self, keys: Sequence[str]) -> None:
-        await self._state().commands.delete_many(keys)
+        await (await self._state()).commands.delete_many(keys)
 
     def __repr__(self) -> str:
         parts = urlsplit(self.url)

@@ -17,15 +17,21 @@ import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from cacheme.errors import StorageConfigError
+from cacheme.loops import PerLoop
 from cacheme.storage import BaseStorage
 from cacheme_sql.ddl import DEFAULT_TABLE
 
 __all__ = ["MAX_TABLE_NAME_LENGTH", "SqlStorage", "check_table_name", "key_hash", "row_value", "rows_by_key"]
 
 logger = logging.getLogger("cacheme.sql")
+
+PoolT = TypeVar("PoolT")
+
+# The longest a pool's close waits for its connections (a program's exit waits for it).
+CLOSE_TIMEOUT = 2.0
 
 # 48 leaves room for the "_expire_idx" suffix under PostgreSQL's 63 and MySQL's 64.
 MAX_TABLE_NAME_LENGTH = 48
@@ -102,8 +108,12 @@ def driver_options(scheme: str, options: dict[str, Any], connect: Callable[..., 
     return options
 
 
-class SqlStorage(BaseStorage, abc.ABC):
-    """Base of the SQL storages. Subclasses write the SQL; this class owns options and sweeping.
+class SqlStorage(BaseStorage, abc.ABC, Generic[PoolT]):
+    """Base of the SQL storages. Subclasses write the SQL; this class owns options, pools and sweeping.
+
+    Each event loop gets a pool of its own (``cacheme.loops.PerLoop``), opened on
+    its first use in that loop and closed when the loop shuts down or on
+    ``close()``; the table is created (or checked) once, by ``connect()``.
 
     Options shared by every SQL storage:
       table: table name, a plain identifier (default ``cacheme_data``);
@@ -141,8 +151,15 @@ class SqlStorage(BaseStorage, abc.ABC):
         self.sweep_batch_size = _positive_int("sweep_batch_size", sweep_batch_size)
         self.connect_timeout: float = _seconds("connect_timeout", connect_timeout, allow_none=False) or 0.0
         self.command_timeout: float = _seconds("command_timeout", command_timeout, allow_none=False) or 0.0
+        # Closing a pool waits this long for the operations still running, then cuts their connections.
+        self.close_timeout = min(self.command_timeout, CLOSE_TIMEOUT)
         self._sweeper: asyncio.Task[None] | None = None
+        self._table_ready = False
+        self._connected = False  # connect() was called (operations may open pools in any loop)
         self._parse_url(url, options)
+        self._pools: PerLoop[PoolT] = PerLoop(
+            self._open_for_loop, self._close_pool, abandon=self._abandon_pool, name=f"pool of {self!r}"
+        )
 
     # -- what each database implements -------------------------------------------------------
 
@@ -151,11 +168,15 @@ class SqlStorage(BaseStorage, abc.ABC):
         """Check the URL and the options left over (driver options); no I/O."""
 
     @abc.abstractmethod
-    async def _open(self) -> None:
-        """Open the pool (bounded by connect_timeout)."""
+    async def _open(self) -> PoolT:
+        """Open a pool for the running loop (bounded by connect_timeout)."""
 
     @abc.abstractmethod
-    async def _close_pool(self) -> None: ...
+    async def _close_pool(self, pool: PoolT) -> None:
+        """Close a pool of the running loop (bounded by close_timeout)."""
+
+    def _abandon_pool(self, pool: PoolT) -> None:
+        """Release what can be released of a pool whose loop was closed before it (no await possible)."""
 
     @abc.abstractmethod
     async def _create_table(self) -> None:
@@ -171,28 +192,61 @@ class SqlStorage(BaseStorage, abc.ABC):
 
     # -- shared behaviour -----------------------------------------------------------------------
 
+    async def _pool(self) -> PoolT:
+        """The running loop's pool, opened on its first use in this loop."""
+        pool = self._pools.current()
+        if pool is None:
+            if not self._connected:
+                raise RuntimeError(
+                    f"{self!r} is not connected: register it with cacheme.register_storage first"
+                )
+            pool = await self._pools.get()
+        return pool
+
+    async def _open_for_loop(self) -> PoolT:
+        pool = await self._open()
+        if self._table_ready:
+            self._start_sweeper()
+        return pool
+
     async def connect(self) -> None:
-        await self._open()
+        """Open this loop's pool and create (or check) the table; connecting again is a no-op."""
+        await self._pools.get()
+        if self._table_ready:
+            return
+        self._connected = True
         try:
             if self.create_table:
                 await self._create_table()
             else:
                 await self._check_table()
         except BaseException:
-            await self._close_pool()
+            self._connected = False
+            await self._pools.close()
             raise
-        if self.sweep_interval is not None and self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().create_task(
-                self._sweep_forever(self.sweep_interval), name=f"cacheme-sql sweeper {self.table}"
-            )
+        self._table_ready = True
+        self._start_sweeper()
+
+    def _start_sweeper(self) -> None:
+        """Sweep in the running loop, unless a sweeper runs already (its loop may have ended since)."""
+        if self.sweep_interval is None or (self._sweeper is not None and not self._sweeper.done()):
+            return
+        self._sweeper = asyncio.get_running_loop().create_task(
+            self._sweep_forever(self.sweep_interval), name=f"cacheme-sql sweeper {self.table}"
+        )
 
     async def close(self) -> None:
+        """Stop the sweeper and close the pool of every event loop. The storage may be used again after."""
         sweeper, self._sweeper = self._sweeper, None
-        if sweeper is not None:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
-        await self._close_pool()
+        if sweeper is not None and not sweeper.done():
+            sweeper_loop = sweeper.get_loop()
+            if sweeper_loop is asyncio.get_running_loop():
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
+            elif not sweeper_loop.is_closed():
+                sweeper_loop.call_soon_threadsafe(sweeper.cancel)
+        await self._pools.close()
 
     async def sweep(self) -> int:
         """Delete every expired row now, in batches of ``sweep_batch_size``; return how many."""

@@ -17,10 +17,13 @@ from urllib.parse import unquote, urlsplit
 import aiomysql
 
 from cacheme.errors import StorageConfigError
+from cacheme.storage import capped_ttl
 from cacheme_sql.base import SqlStorage, driver_options, key_hash, row_value, rows_by_key
 from cacheme_sql.ddl import ddl_statements
+from cacheme_sql.schema import check_columns
+from cacheme_sql.writes import Row, retry_once_on_deadlock, rows_in_lock_order
 
-__all__ = ["MySQLStorage"]
+__all__ = ["MAX_TTL", "MySQLStorage"]
 
 T = TypeVar("T")
 
@@ -29,8 +32,24 @@ T = TypeVar("T")
 _STATEMENT_BYTES = 4 * 1024 * 1024
 _NOW = "UTC_TIMESTAMP(6)"
 
+# DATETIME ends on 9999-12-31: a longer ttl (timedelta.max means "for ever") is stored as 7,000
+# years, which keeps UTC_TIMESTAMP(6) + INTERVAL ttl in range until the year 2999.
+MAX_TTL = timedelta(days=365 * 7_000)
 
-class MySQLStorage(SqlStorage):
+_SQL_COLUMNS = (
+    "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s "
+    "ORDER BY ORDINAL_POSITION"
+)
+_DEADLOCK = 1213  # ER_LOCK_DEADLOCK: InnoDB rolled the whole transaction back
+# ER_LOCK_WAIT_TIMEOUT (1205) is not retried: the write already waited innodb_lock_wait_timeout.
+
+
+def _is_deadlock(error: BaseException) -> bool:
+    """Whether the server killed the transaction to break a deadlock (error 1213)."""
+    return isinstance(error, aiomysql.OperationalError) and error.args[:1] == (_DEADLOCK,)
+
+
+class MySQLStorage(SqlStorage[aiomysql.Pool]):
     """Cache rows in MySQL/MariaDB. Extra options are passed to ``aiomysql.connect`` (ssl, ...)."""
 
     def _parse_url(self, url: str, options: dict[str, Any]) -> None:
@@ -70,23 +89,19 @@ class MySQLStorage(SqlStorage):
         )
         self._sql_delete_many = f"DELETE FROM {t} WHERE key_hash IN ({{marks}})"
         self._sql_sweep = f"DELETE FROM {t} WHERE expire <= {_NOW} ORDER BY expire LIMIT %s"
-        self._pool: aiomysql.Pool | None = None
 
-    async def _open(self) -> None:
-        self._pool = await asyncio.wait_for(
+    async def _open(self) -> aiomysql.Pool:
+        return await asyncio.wait_for(
             aiomysql.create_pool(
                 minsize=1, maxsize=self.pool_size, pool_recycle=3600, **self._connect_options
             ),
             self.connect_timeout * 2,
         )
 
-    async def _close_pool(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
+    async def _close_pool(self, pool: aiomysql.Pool) -> None:
         pool.close()
         try:
-            await asyncio.wait_for(pool.wait_closed(), self.command_timeout)
+            await asyncio.wait_for(pool.wait_closed(), self.close_timeout)
         except (Exception, asyncio.CancelledError):
             pool.terminate()
             raise
@@ -96,9 +111,7 @@ class MySQLStorage(SqlStorage):
         return await asyncio.wait_for(self._run_unbounded(work), self.command_timeout)
 
     async def _run_unbounded(self, work: Callable[[Any], Awaitable[T]]) -> T:
-        pool = self._pool
-        if pool is None:
-            raise RuntimeError(f"{self!r} is not connected")
+        pool = await self._pool()
         connection = await pool.acquire()
         try:
             async with connection.cursor() as cursor:
@@ -112,25 +125,26 @@ class MySQLStorage(SqlStorage):
 
     async def _create_table(self) -> None:
         async def create(cursor: Any) -> None:
-            await cursor.execute(
-                "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
-                (self.table,),
-            )
-            if await cursor.fetchone() is not None:
-                return
-            # Concurrent creators get an "already exists" note (IF NOT EXISTS); keep it out of warnings.
-            await cursor.execute("SET SESSION sql_notes = 0")
-            for statement in ddl_statements("mysql", self.table):
-                await cursor.execute(statement)
-            await cursor.execute("SET SESSION sql_notes = 1")
+            if not await self._columns(cursor):
+                # Concurrent creators get an "already exists" note (IF NOT EXISTS); keep it out of warnings.
+                await cursor.execute("SET SESSION sql_notes = 0")
+                for statement in ddl_statements("mysql", self.table):
+                    await cursor.execute(statement)
+                await cursor.execute("SET SESSION sql_notes = 1")
+            check_columns("mysql", self.table, await self._columns(cursor))
 
         await self._run(create)
 
     async def _check_table(self) -> None:
         async def check(cursor: Any) -> None:
-            await cursor.execute(f"SELECT 1 FROM {self.table} WHERE 1 = 0")
+            check_columns("mysql", self.table, await self._columns(cursor))
 
         await self._run(check)
+
+    async def _columns(self, cursor: Any) -> list[str]:
+        """The column names of ``self.table`` (lower-cased); empty when there is no such table."""
+        await cursor.execute(_SQL_COLUMNS, (self.table,))
+        return [str(row[0]).lower() for row in await cursor.fetchall()]
 
     async def _sweep_batch(self, limit: int) -> int:
         async def sweep(cursor: Any) -> int:
@@ -164,29 +178,43 @@ class MySQLStorage(SqlStorage):
         await self.set_many({key: value}, ttl)
 
     async def set_many(self, items: Mapping[str, bytes], ttl: timedelta | None) -> None:
+        """Upsert the rows in key_hash order (no deadlock between batches), one transaction; a deadlock
+        is retried once."""
         if not items:
             return
-        micros = None if ttl is None else ttl // timedelta(microseconds=1)
-        statements: list[list[Any]] = [[]]
-        size = 0
-        for key, value in items.items():
-            if statements[-1] and size + len(value) + len(key) > _STATEMENT_BYTES:
-                statements.append([])
-                size = 0
-            statements[-1].extend((key_hash(key), key, value, micros))
-            size += len(value) + len(key)
+        capped = capped_ttl(ttl, MAX_TTL)
+        micros = None if capped is None else capped // timedelta(microseconds=1)
+        statements = self._upserts(rows_in_lock_order(items), micros)
 
         async def write(cursor: Any) -> None:
             if len(statements) > 1:
                 await cursor.execute("START TRANSACTION")
-            for params in statements:
-                rows = len(params) // 4
-                query = self._sql_insert + ", ".join([self._sql_row] * rows) + self._sql_upsert
+            for query, params in statements:
                 await cursor.execute(query, params)
             if len(statements) > 1:
                 await cursor.execute("COMMIT")
 
-        await self._run(write)
+        await retry_once_on_deadlock(lambda: self._run(write), _is_deadlock)
+
+    def _upserts(self, rows: Sequence[Row], micros: int | None) -> list[tuple[str, list[Any]]]:
+        """``(query, params)`` of the statements that write ``rows`` in their order, each holding
+        about ``_STATEMENT_BYTES`` of keys and values at most (and at least one row)."""
+        batches: list[list[Row]] = [[]]
+        size = 0
+        for row in rows:
+            row_size = len(row[1]) + len(row[2])
+            if batches[-1] and size + row_size > _STATEMENT_BYTES:
+                batches.append([])
+                size = 0
+            batches[-1].append(row)
+            size += row_size
+        return [
+            (
+                self._sql_insert + ", ".join([self._sql_row] * len(batch)) + self._sql_upsert,
+                [param for row in batch for param in (*row, micros)],
+            )
+            for batch in batches
+        ]
 
     async def delete(self, key: str) -> None:
         await self.delete_many([key])

@@ -7,8 +7,9 @@ it is read or swept, so clients whose clocks disagree still agree on expiry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,13 +17,31 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from cacheme.errors import StorageConfigError
+from cacheme.storage import capped_ttl
 from cacheme_sql.base import SqlStorage, driver_options, key_hash, row_value, rows_by_key
 from cacheme_sql.ddl import ddl_statements
+from cacheme_sql.schema import check_columns
+from cacheme_sql.writes import retry_once_on_deadlock, rows_in_lock_order
 
-__all__ = ["PostgreSQLStorage"]
+__all__ = ["MAX_TTL", "PostgreSQLStorage"]
+
+# timestamptz ends in year 294276: a longer ttl (timedelta.max means "for ever") is stored as
+# 250,000 years, which keeps now() + ttl in range for the next 40,000 years.
+MAX_TTL = timedelta(days=365 * 250_000)
+
+# The columns of the relation an unqualified table name resolves to (search_path applies).
+_SQL_COLUMNS = (
+    "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass($1) AND attnum > 0 "
+    "AND NOT attisdropped ORDER BY attnum"
+)
 
 
-class PostgreSQLStorage(SqlStorage):
+def _is_deadlock(error: BaseException) -> bool:
+    """Whether PostgreSQL killed the statement to break a deadlock (SQLSTATE 40P01)."""
+    return isinstance(error, asyncpg.exceptions.DeadlockDetectedError)
+
+
+class PostgreSQLStorage(SqlStorage[asyncpg.Pool]):
     """Cache rows in PostgreSQL. Extra options are passed to ``asyncpg.connect`` (ssl, server_settings...)."""
 
     def _parse_url(self, url: str, options: dict[str, Any]) -> None:
@@ -57,10 +76,9 @@ class PostgreSQLStorage(SqlStorage):
             f"DELETE FROM {t} WHERE key_hash IN "
             f"(SELECT key_hash FROM {t} WHERE expire <= now() LIMIT $1 FOR UPDATE SKIP LOCKED)"
         )
-        self._pool: asyncpg.Pool | None = None
 
-    async def _open(self) -> None:
-        self._pool = await asyncio.wait_for(
+    async def _open(self) -> asyncpg.Pool:
+        return await asyncio.wait_for(
             asyncpg.create_pool(
                 self.url,
                 min_size=1,
@@ -72,20 +90,22 @@ class PostgreSQLStorage(SqlStorage):
             self.connect_timeout * 2,
         )
 
-    async def _close_pool(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
+    async def _close_pool(self, pool: asyncpg.Pool) -> None:
         try:
-            await asyncio.wait_for(pool.close(), self.command_timeout)
+            await asyncio.wait_for(pool.close(), self.close_timeout)
         except (Exception, asyncio.CancelledError):
             pool.terminate()
             raise
 
-    def _acquire(self) -> Any:
-        if self._pool is None:
-            raise RuntimeError(f"{self!r} is not connected")
-        return self._pool.acquire(timeout=self.command_timeout)
+    def _abandon_pool(self, pool: asyncpg.Pool) -> None:
+        pool.terminate()
+
+    @contextlib.asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[Any]:
+        """A connection of the running loop's pool (waiting at most command_timeout for one)."""
+        pool = await self._pool()
+        async with pool.acquire(timeout=self.command_timeout) as connection:
+            yield connection
 
     async def _create_table(self) -> None:
         # CREATE TABLE IF NOT EXISTS can still fail with a unique violation in the catalog when two
@@ -95,14 +115,18 @@ class PostgreSQLStorage(SqlStorage):
         )
         async with self._acquire() as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock($1)", lock_id)
-            if await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", self.table):
-                return
-            for statement in ddl_statements("postgresql", self.table):
-                await connection.execute(statement)
+            if not await self._columns(connection):
+                for statement in ddl_statements("postgresql", self.table):
+                    await connection.execute(statement)
+            check_columns("postgresql", self.table, await self._columns(connection))
 
     async def _check_table(self) -> None:
         async with self._acquire() as connection:
-            await connection.execute(f"SELECT 1 FROM {self.table} WHERE false")
+            check_columns("postgresql", self.table, await self._columns(connection))
+
+    async def _columns(self, connection: Any) -> list[str]:
+        """The column names of ``self.table`` as the queries see it; empty when there is no such table."""
+        return [row[0] for row in await connection.fetch(_SQL_COLUMNS, self.table)]
 
     async def _sweep_batch(self, limit: int) -> int:
         async with self._acquire() as connection:
@@ -124,16 +148,21 @@ class PostgreSQLStorage(SqlStorage):
 
     async def set(self, key: str, value: bytes, ttl: timedelta | None) -> None:
         async with self._acquire() as connection:
-            await connection.execute(self._sql_set, key_hash(key), key, value, ttl)
+            await connection.execute(self._sql_set, key_hash(key), key, value, capped_ttl(ttl, MAX_TTL))
 
     async def set_many(self, items: Mapping[str, bytes], ttl: timedelta | None) -> None:
+        """One upsert of every row, in key_hash order (no deadlock between batches); a deadlock is retried."""
         if not items:
             return
-        keys = list(items)
-        async with self._acquire() as connection:
-            await connection.execute(
-                self._sql_set_many, [key_hash(key) for key in keys], keys, [items[key] for key in keys], ttl
-            )
+        rows = rows_in_lock_order(items)  # unnest() yields them, and the insert locks them, in this order
+        hashes, keys, values = [row[0] for row in rows], [row[1] for row in rows], [row[2] for row in rows]
+        interval = capped_ttl(ttl, MAX_TTL)
+
+        async def write() -> None:
+            async with self._acquire() as connection:
+                await connection.execute(self._sql_set_many, hashes, keys, values, interval)
+
+        await retry_once_on_deadlock(write, _is_deadlock)
 
     async def delete(self, key: str) -> None:
         async with self._acquire() as connection:

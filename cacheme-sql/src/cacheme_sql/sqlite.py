@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -18,6 +19,8 @@ import aiosqlite
 from cacheme.errors import StorageConfigError
 from cacheme_sql.base import SqlStorage, key_hash, row_value, rows_by_key
 from cacheme_sql.ddl import ddl_statements
+from cacheme_sql.schema import check_columns
+from cacheme_sql.writes import rows_in_lock_order
 
 __all__ = ["SQLiteStorage"]
 
@@ -26,7 +29,15 @@ _NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 _MAX_PARAMS = 10_000
 
 
-class SQLiteStorage(SqlStorage):
+class _Pool:
+    """The aiosqlite connections of one event loop, and the queue of the idle ones."""
+
+    def __init__(self) -> None:
+        self.connections: list[aiosqlite.Connection] = []
+        self.idle: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+
+
+class SQLiteStorage(SqlStorage[_Pool]):
     """Cache rows in an SQLite database file (WAL journal, one thread per pooled connection)."""
 
     default_pool_size = 4
@@ -60,25 +71,23 @@ class SQLiteStorage(SqlStorage):
         self._sql_sweep = (
             f"DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE expire <= {_NOW} LIMIT ?)"
         )
-        self._idle: asyncio.Queue[aiosqlite.Connection] | None = None
-        self._connections: list[aiosqlite.Connection] = []
 
-    async def _open(self) -> None:
-        self._idle = asyncio.Queue()
+    async def _open(self) -> _Pool:
+        pool = _Pool()
         try:
             for _ in range(self.pool_size):
-                connection = await asyncio.wait_for(
-                    aiosqlite.connect(self.path, timeout=self.command_timeout, isolation_level=None),
-                    self.connect_timeout,
-                )
-                self._connections.append(connection)
+                connection = aiosqlite.connect(self.path, timeout=self.command_timeout, isolation_level=None)
+                _daemonize(connection)
+                pool.connections.append(connection)
+                await asyncio.wait_for(connection, self.connect_timeout)
                 if self.path != ":memory:":
                     await self._enable_wal(connection)
                     await connection.execute("PRAGMA synchronous=NORMAL")
-                self._idle.put_nowait(connection)
+                pool.idle.put_nowait(connection)
         except BaseException:
-            await self._close_pool()
+            await _close_connections(pool)
             raise
+        return pool
 
     async def _enable_wal(self, connection: aiosqlite.Connection) -> None:
         """Switch the file to WAL. SQLite answers "database is locked" at once, without its busy
@@ -94,31 +103,49 @@ class SQLiteStorage(SqlStorage):
                     raise
             await asyncio.sleep(0.01)
 
-    async def _close_pool(self) -> None:
-        connections, self._connections, self._idle = self._connections, [], None
+    async def _close_pool(self, pool: _Pool) -> None:
+        """Wait (up to close_timeout) for the connections in use to come back, then close them all."""
+        try:
+            await asyncio.wait_for(_close_when_idle(pool), self.close_timeout)
+        except (Exception, asyncio.CancelledError):
+            self._abandon_pool(pool)  # a thread stuck in a statement ends once it returns
+            raise
+
+    def _abandon_pool(self, pool: _Pool) -> None:
+        connections, pool.connections = pool.connections, []
         for connection in connections:
-            with contextlib.suppress(Exception):
-                await connection.close()
+            connection.stop()  # the worker thread closes its sqlite3 connection and ends
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[aiosqlite.Connection]:
-        if self._idle is None:
-            raise RuntimeError(f"{self!r} is not connected")
-        idle = self._idle
+        idle = (await self._pool()).idle
         connection = await idle.get()
         try:
             yield connection
-        finally:
-            idle.put_nowait(connection)
+        except BaseException:
+            # Interrupted (cancelled, failed), the work may have left a transaction open (a BEGIN
+            # still queued on the connection's thread, say), holding the database's write lock:
+            # the connection goes back to the pool after a ROLLBACK queued behind that work.
+            asyncio.get_running_loop().create_task(_rollback_then_return(connection, idle))
+            raise
+        idle.put_nowait(connection)
 
     async def _create_table(self) -> None:
         async with self._connection() as connection:
-            for statement in ddl_statements("sqlite", self.table):
-                await connection.execute(statement)
+            # A table of another program is refused before the DDL indexes a column it may not have.
+            if not await self._columns(connection):
+                for statement in ddl_statements("sqlite", self.table):
+                    await connection.execute(statement)
+            check_columns("sqlite", self.table, await self._columns(connection))
 
     async def _check_table(self) -> None:
         async with self._connection() as connection:
-            await connection.execute(f"SELECT 1 FROM {self.table} WHERE 0")
+            check_columns("sqlite", self.table, await self._columns(connection))
+
+    async def _columns(self, connection: aiosqlite.Connection) -> list[str]:
+        """The column names of ``self.table`` (lower-cased); empty when there is no such table."""
+        async with connection.execute(f"PRAGMA table_info({self.table})") as cursor:
+            return [str(row[1]).lower() for row in await cursor.fetchall()]
 
     async def _sweep_batch(self, limit: int) -> int:
         async with self._connection() as connection:
@@ -153,8 +180,11 @@ class SQLiteStorage(SqlStorage):
     async def set_many(self, items: Mapping[str, bytes], ttl: timedelta | None) -> None:
         if not items:
             return
+        # REAL seconds hold any timedelta (timedelta.max included): no cap. BEGIN IMMEDIATE takes the
+        # write lock first (waiting up to command_timeout for it), so batches are serialised and cannot
+        # deadlock; the rows go in key_hash order all the same, like on the other databases.
         expire = None if ttl is None else ttl.total_seconds()
-        rows = [(key_hash(key), key, value, expire) for key, value in items.items()]
+        rows = [(hashed, key, value, expire) for hashed, key, value in rows_in_lock_order(items)]
         async with self._connection() as connection:
             await connection.execute("BEGIN IMMEDIATE")
             try:
@@ -175,3 +205,41 @@ class SQLiteStorage(SqlStorage):
                 await connection.execute(
                     self._sql_delete_many.format(marks=", ".join("?" * len(chunk))), chunk
                 )
+
+
+async def _close_when_idle(pool: _Pool) -> None:
+    for _ in pool.connections:
+        await pool.idle.get()
+    await _close_connections(pool)
+
+
+async def _close_connections(pool: _Pool) -> None:
+    connections, pool.connections = pool.connections, []
+    for connection in connections:
+        with contextlib.suppress(Exception):
+            await connection.close()
+
+
+async def _rollback_then_return(
+    connection: aiosqlite.Connection, idle: asyncio.Queue[aiosqlite.Connection]
+) -> None:
+    """End any transaction the connection is in, then make it available again."""
+    try:
+        await connection.execute("ROLLBACK")
+    except Exception:  # "no transaction is active": nothing to undo
+        pass
+    finally:
+        idle.put_nowait(connection)
+
+
+def _daemonize(connection: aiosqlite.Connection) -> None:
+    """Make the connection's worker thread a daemon thread (it is not started yet).
+
+    aiosqlite runs each connection in a thread of its own that is not a
+    daemon: a program that ends without closing the connection would wait for
+    it for ever. Pools are closed when their loop shuts down; this covers a
+    loop closed without that (``loop.close()`` with no ``shutdown_asyncgens()``).
+    """
+    thread = getattr(connection, "_thread", None)
+    if isinstance(thread, threading.Thread) and not thread.is_alive():
+        thread.daemon = True

@@ -1,0 +1,44 @@
+"""A program that registers a storage, uses it, and ends without closing it (or closing it, on request).
+
+    python -m tests.loops.exit_child URL OPTIONS_JSON [never-close|close|unregister]
+
+Run by test_exit.py in a subprocess of its own. Prints the sum of the values it got.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from datetime import timedelta
+
+import cacheme
+
+
+class ExitNode(cacheme.Node):
+    number: int
+
+    def key(self) -> str:
+        return f"exit:{self.number}"
+
+    async def load(self) -> int:
+        return self.number + 1
+
+    class Meta(cacheme.Node.Meta):
+        caches = [cacheme.Cache(storage="exit", ttl=timedelta(minutes=5))]
+
+
+async def main(url: str, options: dict[str, object], ending: str) -> None:
+    storage = cacheme.Storage(url, **options)
+    await cacheme.register_storage("exit", storage)
+    values = await asyncio.gather(*(cacheme.get(ExitNode(number=i % 50)) for i in range(200)))
+    values += await cacheme.get_all([ExitNode(number=i) for i in range(100)])
+    print(sum(values), flush=True)
+    if ending == "close":
+        await storage.close()
+    elif ending == "unregister":
+        await cacheme.unregister_storage("exit")
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]))

@@ -35,6 +35,8 @@ Loader = Callable[[], Awaitable[Any]]
 
 # A storage that keeps failing is logged at most once per this many seconds.
 ERROR_LOG_INTERVAL = 1.0
+# The longest repr of a storage error that is logged (msgpack's ExtraData carries the whole value).
+ERROR_REPR_LIMIT = 500
 
 # The keys being refreshed or invalidated (the same dict as singleflight.changing, never rebound).
 # A flight made for one of them is made stale: it may read the value being replaced.
@@ -152,15 +154,23 @@ def _storage_failed(
     if now - _last_logged.get(tier.name, -ERROR_LOG_INTERVAL) >= ERROR_LOG_INTERVAL:
         _last_logged[tier.name] = now
         logger.warning(
-            "cacheme: %s on storage %r failed for %s: %r (treated as %s; repeats within %.0fs are counted, "
+            "cacheme: %s on storage %r failed for %s: %s (treated as %s; repeats within %.0fs are counted, "
             "not logged)",
             operation,
             tier.name,
             config.node_class.__qualname__,
-            error,
+            _short_repr(error),
             "a miss" if operation == "read" else "skipped",
             ERROR_LOG_INTERVAL,
         )
+
+
+def _short_repr(error: BaseException) -> str:
+    """``repr(error)``, cut to ``ERROR_REPR_LIMIT`` characters: an error may carry a whole value."""
+    text = repr(error)
+    if len(text) > ERROR_REPR_LIMIT:
+        return f"{text[:ERROR_REPR_LIMIT]}... ({len(text)} characters)"
+    return text
 
 
 # ---------------------------------------------------------------- tiers
@@ -185,13 +195,22 @@ def _decode_found(config: NodeConfig, tier: Tier, raws: Mapping[str, bytes]) -> 
     return found
 
 
-def _write_local(tiers: Sequence[Tier], values: Mapping[str, Any]) -> None:
-    """Write ``values`` into the local tiers among ``tiers`` (at once, no await)."""
+def _write_local(config: NodeConfig, tiers: Sequence[Tier], values: Mapping[str, Any]) -> None:
+    """Write ``values`` into the local tiers among ``tiers`` (at once, no await); failures are counted."""
     for tier in tiers:
         if tier.local:
             local = typing.cast(LocalStorage, tier.storage)
-            for key, value in values.items():
-                local.set_sync(key, value, tier.ttl)
+            try:
+                for key, value in values.items():
+                    local.set_sync(key, value, tier.ttl)
+            except Exception as error:
+                _storage_failed(config, tier, "write", error, len(values))
+
+
+def _local_read_failed(config: NodeConfig, index: int, error: Exception) -> Any:
+    """A leading local tier's read raised: count and log it, and answer as a miss."""
+    _storage_failed(config, config.tiers[index], "read", error)
+    return MISSING
 
 
 async def _write_remotes(
@@ -342,7 +361,11 @@ async def _read_remote_tiers(
         tier = tiers[index]
         raws: dict[str, bytes] = {}
         if tier.local:
-            found = typing.cast(LocalStorage, tier.storage).get_many_sync(remaining)
+            try:
+                found = typing.cast(LocalStorage, tier.storage).get_many_sync(remaining)
+            except Exception as error:
+                _storage_failed(config, tier, "read", error, len(remaining))
+                continue
         else:
             try:
                 if len(remaining) == 1:
@@ -377,7 +400,7 @@ def _fill_before(
 ) -> None:
     """Write what tier ``index`` had into the local tiers before it; queue it for the remote ones."""
     values = {key: value for key, value in found.items() if not flights[key].stale}
-    _write_local(config.tiers[:index], values)
+    _write_local(config, config.tiers[:index], values)
     if values and index > config.local_prefix:
         backfills.append((index, values, {key: raws[key] for key in values if key in raws}))
 
@@ -444,7 +467,7 @@ async def _load_and_write(
         del node, load
         write = not flight.stale and _admitted(config, key)
         if write:
-            _write_local(config.tiers, {key: value})
+            _write_local(config, config.tiers, {key: value})
         flight.resolve(value, False)
         if write:
             await _write_remotes(config, config.tiers, {key: value})
@@ -513,7 +536,7 @@ async def _load_batch(
     for key, value in zip(missing, results, strict=True):
         if not flights[key].stale and _admitted(config, key):
             loaded[key] = value
-    _write_local(config.tiers, loaded)
+    _write_local(config, config.tiers, loaded)
     for key, value in zip(missing, results, strict=True):
         flights[key].resolve(value, False)
     return None
@@ -539,7 +562,7 @@ async def _load_each(
     for key, (value, error) in zip(missing, outcomes, strict=True):
         if error is None and not flights[key].stale and _admitted(config, key):
             loaded[key] = value
-    _write_local(config.tiers, loaded)
+    _write_local(config, config.tiers, loaded)
     for key, (value, error) in zip(missing, outcomes, strict=True):
         if error is None:
             flights[key].resolve(value, False)
@@ -572,12 +595,15 @@ async def get(node: Node, load: Loader | None = None) -> Any:
     config: NodeConfig | None = node._cacheme_config
     if config is None or config.generation != registry._generation:
         config = configure(type(node))
+    key = node.full_key()
     metrics = config.metrics
     metrics._requests += 1
-    key = node.full_key()
     first = config.first_local
     if first is not None:
-        value = first.get_sync(key)
+        try:
+            value = first.get_sync(key)
+        except Exception as error:
+            value = _local_read_failed(config, 0, error)
         if value is not MISSING:
             metrics._hits += 1
             return value
@@ -604,10 +630,12 @@ def _read_leading_locals(config: NodeConfig, key: str, start: int) -> Any:
     """The key's value from the leading local tiers (from ``start``), back-filling those before it."""
     leading = config.leading_locals
     for index in range(start, len(leading)):
-        value = leading[index][0].get_sync(key)
+        try:
+            value = leading[index][0].get_sync(key)
+        except Exception as error:
+            value = _local_read_failed(config, index, error)
         if value is not MISSING:
-            for storage, ttl in leading[:index]:
-                storage.set_sync(key, value, ttl)
+            _write_local(config, config.tiers[:index], {key: value})
             return value
     return MISSING
 
@@ -640,7 +668,10 @@ async def get_all(nodes: Sequence[Node]) -> list[Any]:
         if first is None:
             missing[key] = node
         elif key not in results:
-            value = first.get_sync(key)
+            try:
+                value = first.get_sync(key)
+            except Exception as error:
+                value = _local_read_failed(config, 0, error)
             if value is MISSING and deeper:
                 value = _read_leading_locals(config, key, 1)
             if value is MISSING:
@@ -737,7 +768,7 @@ async def refresh(node: Node) -> Any:
     try:
         await _settle(racing)
         value = await _load_one(config, node, None)
-        _write_local(config.tiers, {key: value})
+        _write_local(config, config.tiers, {key: value})
         await _write_remotes(config, config.tiers, {key: value}, write_back=False)
     finally:
         singleflight.end_change(key)

@@ -71,19 +71,23 @@ def test_each_loop_gets_its_own_resource() -> None:
     assert first.closed and second.closed
 
 
-def test_threads_each_get_their_own_and_close_reaches_every_loop() -> None:
+def test_threads_each_get_their_own_and_close_closes_only_the_calling_loops() -> None:
     recorder = Recorder()
     per_loop = recorder.per_loop()
     ready = threading.Barrier(4)
     release = threading.Event()
     seen: list[Resource] = []
 
+    still_own: list[bool] = []
+
     def thread() -> None:
         async def main() -> None:
-            seen.append(await per_loop.get())
+            own = await per_loop.get()
+            seen.append(own)
             ready.wait()
             # This loop stays alive (and answers) until released.
             await asyncio.get_running_loop().run_in_executor(None, release.wait)
+            still_own.append(per_loop.current() is own and not own.closed)
 
         asyncio.run(main())
 
@@ -93,16 +97,19 @@ def test_threads_each_get_their_own_and_close_reaches_every_loop() -> None:
     ready.wait()
     assert len({id(resource) for resource in seen}) == 3
 
-    async def close_all() -> None:
-        await per_loop.get()
+    async def close_mine() -> Resource:
+        mine = await per_loop.get()
         await per_loop.close()
+        return mine
 
-    asyncio.run(close_all())
-    assert all(resource.closed for resource in recorder.opened)
-    assert len(recorder.opened) == 4
+    mine = asyncio.run(close_mine())
+    assert mine.closed
+    assert not any(resource.closed for resource in seen)  # in use by their running loops
     release.set()
     for t in threads:
         t.join(10)
+    assert still_own == [True, True, True]
+    assert all(resource.closed for resource in seen)  # each by its loop's shutdown
 
 
 def test_a_failed_open_is_retried_by_the_next_use() -> None:

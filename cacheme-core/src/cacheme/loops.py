@@ -11,10 +11,9 @@ resource, made on first use in that loop, and closes it:
   ``loop.shutdown_asyncgens()`` before closing the loop, and every resource
   opened in the loop is closed then, inside the loop, so that a program that
   never closes its storages still exits at once with nothing left behind;
-- on ``close()``: the calling loop's resource at once, the resource of a loop
-  running in another thread through that loop, and the resource of a loop
-  closed without ``shutdown_asyncgens()`` is handed to ``abandon`` (no loop
-  can run its close any more).
+- on ``close()``: the calling loop's resource; the resource of a loop closed
+  without ``shutdown_asyncgens()`` is handed to ``abandon`` then (no loop can
+  run its close any more).
 
 Every backend keeps its per-loop state through this one class.
 """
@@ -22,7 +21,6 @@ Every backend keeps its per-loop state through this one class.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -33,9 +31,6 @@ __all__ = ["PerLoop"]
 logger = logging.getLogger("cacheme")
 
 T = TypeVar("T")
-
-# How long close() waits for a loop in another thread to close its resource.
-CROSS_LOOP_CLOSE_TIMEOUT = 10.0
 
 
 class _Slot(Generic[T]):
@@ -161,43 +156,27 @@ class PerLoop(Generic[T]):
                 self._abandon_quietly(slot.resource)
 
     async def close(self) -> None:
-        """Close the resource of every loop: this one's here, another running loop's through that loop.
+        """Close the running loop's resource (one being opened is closed once open).
 
-        A resource being opened right now in this loop is closed once open.
-        The PerLoop stays usable: the next ``get()`` opens a new resource.
+        Another running loop's resource stays: it is that loop's, in use there,
+        and is closed when that loop shuts down. The resources of loops closed
+        without shutting down are abandoned. The PerLoop stays usable: the next
+        ``get()`` opens a new resource.
         """
-        running = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
         with self._lock:
             self._drop_closed_loops()
-            slots = list(self._slots.values())
-        for slot in slots:
-            if slot.loop is running:
-                await self._close_here(slot)
-            else:
-                await self._close_elsewhere(slot)
-
-    async def _close_here(self, slot: _Slot[T]) -> None:
+            slot = self._slots.get(loop)
+        if slot is None:
+            return
         if slot.opening is not None:
             try:
                 await asyncio.shield(slot.opening)
             except Exception:
                 return  # nothing was opened
-        guard = slot.guard
+        guard, slot.guard = slot.guard, None
         if guard is not None:
             await guard.aclose()
-
-    async def _close_elsewhere(self, slot: _Slot[T]) -> None:
-        guard = slot.guard
-        if guard is None:
-            return
-        try:
-            done = asyncio.run_coroutine_threadsafe(guard.aclose(), slot.loop)
-        except RuntimeError:  # that loop was closed meanwhile
-            return
-        try:
-            await asyncio.wait_for(asyncio.wrap_future(done), CROSS_LOOP_CLOSE_TIMEOUT)
-        except (asyncio.TimeoutError, concurrent.futures.CancelledError, RuntimeError):
-            logger.warning("cacheme: %s of another event loop did not close in time", self._name)
 
     def __len__(self) -> int:
         """How many loops hold a resource (or are opening one)."""

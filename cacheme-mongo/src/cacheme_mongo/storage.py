@@ -255,7 +255,10 @@ class MongoStorage(BaseStorage):
         self._ready = True
 
     async def close(self) -> None:
-        """Close the client of every event loop; the storage may be used again after."""
+        """Send the pending writes and close this event loop's client; the storage may be used again after.
+
+        Another running loop's client is closed when that loop shuts down.
+        """
         await self._states.close()
 
     async def _state(self) -> _LoopState:

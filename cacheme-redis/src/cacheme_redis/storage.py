@@ -11,7 +11,7 @@ writes (``set`` and ``set_many``) as one pipeline (see ``cacheme.batching``).
 Everything that belongs to a loop (the client, its connections, the pending
 batches) is kept per event loop (``cacheme.loops.PerLoop``), so two loops in
 two threads never share a connection or a batch; a loop's share is closed
-when that loop shuts down, and ``close`` closes every loop's.
+when that loop shuts down, and ``close`` closes the calling loop's.
 
 Errors are raised as redis-py raises them (``redis.exceptions.RedisError``
 and its subclasses); cacheme's engine turns them into misses and skipped
@@ -128,10 +128,10 @@ class RedisStorage(BaseStorage):
         await (await self._state()).commands.connect()
 
     async def close(self) -> None:
-        """Sends what is pending, waits for it, and closes the connections of every event loop.
+        """Sends what is pending, waits for it, and closes this event loop's connections.
 
-        A loop's connections are closed by that loop: the calling loop's here,
-        another running loop's through that loop. The storage stays usable: it
+        Connections belong to the loop that opened them: another running loop's
+        are closed when that loop shuts down. The storage stays usable: it
         connects again on the next request.
         """
         await self._states.close()

@@ -236,7 +236,10 @@ class SqlStorage(BaseStorage, abc.ABC, Generic[PoolT]):
         )
 
     async def close(self) -> None:
-        """Stop the sweeper and close the pool of every event loop. The storage may be used again after."""
+        """Stop the sweeper and close this event loop's pool. The storage may be used again after.
+
+        Another running loop's pool is closed when that loop shuts down.
+        """
         sweeper, self._sweeper = self._sweeper, None
         if sweeper is not None and not sweeper.done():
             sweeper_loop = sweeper.get_loop()

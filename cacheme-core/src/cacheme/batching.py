@@ -7,6 +7,14 @@ item submitted in this turn is queued, and it sends them all together. A
 caller that is cancelled or times out only gives up its own future, never
 the batch of the others. When the operation fails, every caller still
 waiting gets the error (a copy each, whose ``__cause__`` is the original).
+
+With ``max_in_flight``, at most that many batches are sent (or wait to be
+sent) at once. While they all wait, new items are queued, and the first batch
+to finish sends everything queued as the next batch, in the same task: under
+a slow server, batches merge instead of each waiting for a connection of its
+own, and the more requests wait, the larger the next batch. While fewer
+batches are in flight, nothing changes: one batch per loop turn, sent in the
+next turn.
 """
 
 from __future__ import annotations
@@ -37,29 +45,42 @@ class Coalescer(Generic[ItemT, ResultT]):
     """Runs the items submitted in one loop turn as one call of ``operation``.
 
     ``operation`` takes the items in submission order and returns one result
-    per item, in the same order.
+    per item, in the same order. ``max_in_flight`` (None: no limit) bounds how
+    many batches run at once; items submitted while that many run are sent
+    together, by the first of them to finish.
     """
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         operation: Callable[[list[ItemT]], Awaitable[Sequence[ResultT]]],
+        *,
+        max_in_flight: int | None = None,
     ) -> None:
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1 (or None), got {max_in_flight!r}")
         self._loop = loop
         self._operation = operation
+        self._max_in_flight = max_in_flight
         self._items: list[ItemT] = []
         self._futures: list[asyncio.Future[ResultT]] = []
+        # The task created to send what is queued, until it starts running.
         self._sender: asyncio.Task[None] | None = None
+        # Batches sending or due to send: the senders created and not yet ended.
+        self._in_flight = 0
+        # Every sending task, from its creation to its end (``drain`` waits for them).
         self._running: set[asyncio.Task[None]] = set()
 
     def submit(self, item: ItemT) -> asyncio.Future[ResultT]:
         future: asyncio.Future[ResultT] = self._loop.create_future()
         self._items.append(item)
         self._futures.append(future)
-        if self._sender is None:
+        if self._sender is None and (self._max_in_flight is None or self._in_flight < self._max_in_flight):
+            self._in_flight += 1
             self._sender = task = self._loop.create_task(self._send_queued())
             self._running.add(task)
             task.add_done_callback(self._sender_ended)
+        # Otherwise a sender is due already, or the first batch in flight to finish sends the item.
         return future
 
     def _sender_ended(self, task: asyncio.Task[None]) -> None:
@@ -69,23 +90,44 @@ class Coalescer(Generic[ItemT, ResultT]):
             # say): what it was to send gets an error, and the next submit makes
             # a new sender instead of queueing behind this one for good.
             self._sender = None
-            futures, self._items, self._futures = self._futures, [], []
-            for future in futures:
-                if not future.done():
-                    future.set_exception(RuntimeError("the batch was cancelled before it was sent"))
+            self._in_flight -= 1
+            self._fail_queued("the batch was cancelled before it was sent")
+
+    def _fail_queued(self, message: str) -> None:
+        futures, self._items, self._futures = self._futures, [], []
+        for future in futures:
+            if not future.done():
+                future.set_exception(RuntimeError(message))
 
     async def drain(self) -> None:
         """Wait until what is queued is sent and every batch in flight has finished."""
         while self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
 
+    def _sender_is_due(self) -> bool:
+        """Whether a sender task is created and has not run yet."""
+        return self._sender is not None
+
     async def _send_queued(self) -> None:
+        """Send what is queued, then what was queued meanwhile, until nothing is left or a sender is due."""
         self._sender = None
-        items, futures = self._items, self._futures
-        self._items, self._futures = [], []
-        waiting = [(item, future) for item, future in zip(items, futures, strict=True) if not future.done()]
-        if waiting:
-            await self._run([item for item, _ in waiting], [future for _, future in waiting])
+        try:
+            while self._items:
+                items, futures = self._items, self._futures
+                self._items, self._futures = [], []
+                waiting = [
+                    (item, future) for item, future in zip(items, futures, strict=True) if not future.done()
+                ]
+                if waiting:
+                    await self._run([item for item, _ in waiting], [future for _, future in waiting])
+                if self._sender_is_due():
+                    return  # it takes what was queued meanwhile
+        finally:
+            self._in_flight -= 1
+            if self._items and self._sender is None and self._in_flight == 0:
+                # This batch was cancelled, and no other is left in flight to send
+                # what was queued behind it: those callers get an error, not a hang.
+                self._fail_queued("the batch was cancelled before it was sent")
 
     async def _run(self, items: list[ItemT], futures: list[asyncio.Future[ResultT]]) -> None:
         try:

@@ -8,6 +8,10 @@ URLs: ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS) and
 With ``batch=True`` (the default), the reads made in one turn of the event
 loop (``get`` and ``get_many`` alike) go to Redis as one MGET, and the
 writes (``set`` and ``set_many``) as one pipeline (see ``cacheme.batching``).
+At most half the pool's connections carry read batches at once, and a
+quarter write batches (``batches_in_flight``): when Redis is slow and that
+many wait for it, what arrives meanwhile is sent as one batch as soon as one
+of them returns, instead of each turn's batch queueing for a connection.
 Everything that belongs to a loop (the client, its connections, the pending
 batches) is kept per event loop (``cacheme.loops.PerLoop``), so two loops in
 two threads never share a connection or a batch; a loop's share is closed
@@ -56,15 +60,31 @@ def split_by_expiry(
     return forever, expiring
 
 
+def batches_in_flight(pool_size: int) -> tuple[int, int]:
+    """How many read batches and how many write batches may be in flight at once, for ``pool_size``.
+
+    Half the pool for reads, a quarter for writes, at least one each: batches
+    never take the whole pool, so that a delete (or the other kind of batch)
+    finds a connection, and a batch never waits in the pool's queue behind
+    batches of its own kind; what arrives meanwhile joins the next batch.
+    """
+    return max(1, pool_size // 2), max(1, pool_size // 4)
+
+
 class _LoopState:
     """What the storage holds for one event loop: its client and its pending batches."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, settings: RedisSettings) -> None:
         self.commands = RedisCommands(build_client(settings), settings.pool_size, settings.pool_timeout)
+        reads_in_flight, writes_in_flight = batches_in_flight(settings.pool_size)
         # Each request is a list of keys (one for a get); a batch is one MGET of them all.
-        self.reads: Coalescer[Sequence[str], list[bytes | None]] = Coalescer(loop, self._read_batch)
+        self.reads: Coalescer[Sequence[str], list[bytes | None]] = Coalescer(
+            loop, self._read_batch, max_in_flight=reads_in_flight
+        )
         # Each request is values with one expiry (one value for a set); a batch is one write pipeline.
-        self.writes: Coalescer[WriteRequest, None] = Coalescer(loop, self._write_batch)
+        self.writes: Coalescer[WriteRequest, None] = Coalescer(
+            loop, self._write_batch, max_in_flight=writes_in_flight
+        )
 
     async def _read_batch(self, requests: list[Sequence[str]]) -> list[list[bytes | None]]:
         if len(requests) == 1:

@@ -4,7 +4,9 @@
 ``StorageConfigError`` with a clear message. ``build_client`` makes a new
 redis-py asyncio client from the settings (no I/O either); the storage makes
 one per event loop, because redis-py connections belong to the loop that
-opened them.
+opened them. A new cluster client starts its discovery from every node the
+storage's earlier clients found, not only from the URL's node, which may be a
+master that died (its replica promoted in its place).
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 import redis
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.backoff import NoBackoff
 from redis.driver_info import DriverInfo
 from redis.exceptions import DataError, RedisError
@@ -96,6 +99,9 @@ class RedisSettings:
     pool_timeout: float
     batch: bool
     driver_options: dict[str, Any]
+    # (host, port) of the cluster nodes the storage's clients discovered last: where the
+    # next client (another event loop, or after close) starts. Not a setting: shared state.
+    cluster_nodes: list[tuple[str, int]] = field(default_factory=list, compare=False, repr=False)
 
     @classmethod
     def parse(
@@ -191,6 +197,24 @@ def _driver_info() -> DriverInfo:
     return DriverInfo(lib_version=redis.__version__).add_upstream_driver("cacheme", cacheme.__version__)
 
 
+class _SeededCluster(RedisCluster):
+    """redis-py's cluster client that records the nodes each discovery finds into ``known_nodes``
+    (a list shared with the storage's other clients, which start their own discovery from it)."""
+
+    known_nodes: list[tuple[str, int]]
+
+    async def initialize(
+        self,
+        additional_startup_nodes_info: list[tuple[str, int]] | None = None,
+        last_failed_node_name: str | None = None,
+    ) -> RedisCluster:
+        await super().initialize(additional_startup_nodes_info, last_failed_node_name)
+        discovered = [(node.host, int(node.port)) for node in self.get_nodes()]
+        if discovered:
+            self.known_nodes[:] = discovered
+        return self
+
+
 def build_client(settings: RedisSettings) -> Redis | RedisCluster:
     """A new client for ``settings``: opens no connection until it is used."""
     options = dict(settings.driver_options)
@@ -200,9 +224,25 @@ def build_client(settings: RedisSettings) -> Redis | RedisCluster:
         # metadata (an email-format parse, ~1 ms) for every connection it opens.
         options["driver_info"] = _driver_info()
     if settings.cluster:
+        # Besides the URL's node, the nodes found by the storage's earlier clients: a new
+        # client still finds the cluster when the URL's node is down.
+        startup_nodes = [
+            *(options.pop("startup_nodes", None) or ()),
+            *(ClusterNode(host, port) for host, port in settings.cluster_nodes),
+        ]
         # One spare connection per node for the topology refresh the client runs itself;
         # the storage's own semaphore keeps requests to pool_size.
-        return RedisCluster.from_url(settings.url, max_connections=settings.pool_size + 1, **options)
+        client = cast(
+            "_SeededCluster",
+            _SeededCluster.from_url(
+                settings.url,
+                max_connections=settings.pool_size + 1,
+                startup_nodes=startup_nodes or None,
+                **options,
+            ),
+        )
+        client.known_nodes = settings.cluster_nodes
+        return client
     pool = BlockingConnectionPool.from_url(
         settings.url, max_connections=settings.pool_size, timeout=settings.pool_timeout, **options
     )

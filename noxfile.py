@@ -86,7 +86,11 @@ def types(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """The seed benchmarks against aiocache, cashews and cacheme 0.3.0 (writes benchmarks/RESULTS.md).
 
-    Not run by CI. Arguments go to benchmarks/run.py, e.g. ``nox -s bench -- --quick``.
+    Not run by CI. Arguments go to benchmarks/run.py, e.g. ``nox -s bench -- --quick``;
+    ``nox -s bench -- outage [--rounds 3]`` runs benchmarks/outage.py (Redis failing) instead.
     """
     install(session, "cacheme-core", "cacheme-local", "cacheme-redis[hiredis]")
-    session.run("python", "benchmarks/run.py", *session.posargs)
+    if session.posargs[:1] == ["outage"]:
+        session.run("python", "benchmarks/outage.py", *session.posargs[1:])
+    else:
+        session.run("python", "benchmarks/run.py", *session.posargs)

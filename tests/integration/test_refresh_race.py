@@ -54,7 +54,8 @@ async def slow_chain(
     """
     proxy = tcp_proxy(SHARED_HOST, SHARED_PORT)
     local = cacheme.Storage(getattr(request, "param", "local://lru"), size=1000)
-    remote = cacheme.Storage(proxy.url("redis", f"/{redis_shared_db}"))
+    # Redis is made slower than the default read deadline on purpose (to hold the race open): no deadline.
+    remote = cacheme.Storage(proxy.url("redis", f"/{redis_shared_db}"), health=cacheme.Health.off())
     assert isinstance(local, cacheme.LocalStorage)
     await cacheme.register_storage("race-local", local)
     await cacheme.register_storage("race-redis", remote)

@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 from datetime import timedelta
+from typing import Any
 
 import cacheme
 
@@ -28,7 +29,7 @@ class ExitNode(cacheme.Node):
         caches = [cacheme.Cache(storage="exit", ttl=timedelta(minutes=5))]
 
 
-async def main(url: str, options: dict[str, object], ending: str) -> None:
+async def main(url: str, options: dict[str, Any], ending: str) -> None:
     storage = cacheme.Storage(url, **options)
     await cacheme.register_storage("exit", storage)
     values = await asyncio.gather(*(cacheme.get(ExitNode(number=i % 50)) for i in range(200)))

@@ -72,8 +72,21 @@ async def test_server_killed_mid_run_then_back(
         assert any("failed" in record.getMessage() for record in caplog.records)
         await settle()
 
-        # A new server on the same port: the storage reconnects by itself and caching resumes.
+        # The errors opened the storage's circuit breaker: Redis is skipped, no I/O.
+        assert cacheme.storage_health(name).state == "open"
+
+        # A new server on the same port: after the breaker's cool-down one probe goes through,
+        # its success closes the breaker, and caching resumes (the storage reconnects by itself).
         server.start()
+        probe = 10 * KEYS
+        for _ in range(100):
+            await cacheme.get(node_class(id=probe))
+            probe += 1
+            if cacheme.storage_health(name).state == "closed":
+                break
+            await asyncio.sleep(0.05)
+        assert cacheme.storage_health(name).state == "closed"
+        await settle()
         fresh = node_class(id=KEYS + 1)
         errors_before = metrics.storage_error_count()
         assert await cacheme.get(fresh) == f"value-{KEYS + 1}"

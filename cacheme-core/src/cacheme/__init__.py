@@ -13,10 +13,11 @@ from cacheme.errors import (
     StorageConfigError,
     StorageNotRegistered,
 )
+from cacheme.health import Health, HealthSnapshot
 from cacheme.memoize import Memoize, Memoized
 from cacheme.node import Cache, DynamicNode, Node, build_node, get_prefix, nodes, set_prefix
 from cacheme.plugins import Storage, hookimpl, installed_schemes
-from cacheme.registry import register_storage, registered_storages, unregister_storage
+from cacheme.registry import register_storage, registered_storages, storage_health, unregister_storage
 from cacheme.serializer import Serializer
 from cacheme.stats import Metrics
 from cacheme.storage import MISSING, BaseStorage, LocalStorage
@@ -31,6 +32,8 @@ __all__ = [
     "CachemeError",
     "DoorKeeper",
     "DynamicNode",
+    "Health",
+    "HealthSnapshot",
     "InvalidKeyError",
     "LocalStorage",
     "Memoize",
@@ -55,5 +58,6 @@ __all__ = [
     "registered_storages",
     "set_prefix",
     "stats",
+    "storage_health",
     "unregister_storage",
 ]

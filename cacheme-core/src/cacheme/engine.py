@@ -22,6 +22,7 @@ import pydantic
 from cacheme import registry, singleflight
 from cacheme.doorkeeper import DoorKeeper
 from cacheme.errors import NodeDefinitionError
+from cacheme.health import within
 from cacheme.node import Node
 from cacheme.serializer import MsgPackSerializer, Serializer
 from cacheme.stats import Metrics
@@ -267,17 +268,12 @@ async def _write_remote(
     The loop's shutdown waits for it; the fetch then ends normally.
     """
     try:
-        await _send(tier, payload)
+        await _send(config, tier, payload)
     except asyncio.CancelledError:
         if not write_back:
             raise
         _uncancel_current_task()
-        try:
-            await _send(tier, payload)
-        except Exception as error:
-            _storage_failed(config, tier, "write", error, len(payload))
-    except Exception as error:
-        _storage_failed(config, tier, "write", error, len(payload))
+        await _send(config, tier, payload)
 
 
 def _uncancel_current_task() -> None:
@@ -288,12 +284,57 @@ def _uncancel_current_task() -> None:
         uncancel()
 
 
-async def _send(tier: Tier, payload: Mapping[str, bytes]) -> None:
-    if len(payload) == 1:
-        ((key, raw),) = payload.items()
-        await tier.storage.set(key, raw, tier.ttl)
+async def _send(config: NodeConfig, tier: Tier, payload: Mapping[str, bytes]) -> None:
+    """One write of ``payload`` to ``tier``, under the storage's write deadline and breaker.
+
+    Skipped while the breaker is open; a failure (or the deadline) is counted,
+    logged and fed to the breaker, never raised. A cancel is raised.
+    """
+    storage = tier.storage
+    breaker = storage.breaker
+    if not breaker.allow():
+        return
+    try:
+        if len(payload) == 1:
+            ((key, raw),) = payload.items()
+            await within(storage.health.write_timeout, storage.set(key, raw, tier.ttl))
+        else:
+            await within(storage.health.write_timeout, storage.set_many(payload, tier.ttl))
+    except Exception as error:
+        breaker.record_failure()
+        _storage_failed(config, tier, "write", error, len(payload))
+    except BaseException:
+        breaker.record_abandoned()
+        raise
     else:
-        await tier.storage.set_many(payload, tier.ttl)
+        breaker.record_success()
+
+
+async def _read_remote(config: NodeConfig, tier: Tier, keys: list[str]) -> dict[str, bytes] | None:
+    """The bytes ``tier`` holds for ``keys``, under the storage's read deadline and breaker.
+
+    None when the read was skipped (breaker open) or failed (counted, logged,
+    fed to the breaker): a miss either way. A cancel is raised.
+    """
+    storage = tier.storage
+    breaker = storage.breaker
+    if not breaker.allow():
+        return None
+    try:
+        if len(keys) == 1:
+            raw = await within(storage.health.read_timeout, storage.get(keys[0]))
+            raws = {} if raw is None else {keys[0]: raw}
+        else:
+            raws = await within(storage.health.read_timeout, storage.get_many(keys))
+    except Exception as error:
+        breaker.record_failure()
+        _storage_failed(config, tier, "read", error, len(keys))
+        return None
+    except BaseException:
+        breaker.record_abandoned()
+        raise
+    breaker.record_success()
+    return raws
 
 
 def _admitted(config: NodeConfig, key: str) -> bool:
@@ -367,16 +408,10 @@ async def _read_remote_tiers(
                 _storage_failed(config, tier, "read", error, len(remaining))
                 continue
         else:
-            try:
-                if len(remaining) == 1:
-                    raw = await tier.storage.get(remaining[0])
-                    if raw is not None:
-                        raws[remaining[0]] = raw
-                else:
-                    raws = await tier.storage.get_many(remaining)
-            except Exception as error:
-                _storage_failed(config, tier, "read", error, len(remaining))
+            read = await _read_remote(config, tier, remaining)
+            if read is None:
                 continue
+            raws = read
             found = _decode_found(config, tier, raws)
         if not found:
             continue
@@ -747,12 +782,22 @@ async def invalidate(node: Node) -> None:
     try:
         await _settle(racing)
         for tier in config.tiers:
-            try:
-                await tier.storage.delete(key)
-            except Exception as error:
-                _storage_failed(config, tier, "delete", error)
+            await _delete(config, tier, key)
     finally:
         singleflight.end_change(key)
+
+
+async def _delete(config: NodeConfig, tier: Tier, key: str) -> None:
+    """Delete ``key`` from ``tier``, under the storage's read deadline, even while its breaker is open
+    (a value left behind would be served once the storage is back); a failure is counted and logged."""
+    storage = tier.storage
+    try:
+        await within(storage.health.read_timeout, storage.delete(key))
+    except Exception as error:
+        storage.breaker.record_failure()
+        _storage_failed(config, tier, "delete", error)
+    else:
+        storage.breaker.record_success()
 
 
 async def refresh(node: Node) -> Any:

@@ -69,6 +69,7 @@ class PerLoop(Generic[T]):
         self._abandon = abandon
         self._name = name
         self._slots: dict[asyncio.AbstractEventLoop, _Slot[T]] = {}
+        self._retired: set[AsyncGenerator[None, None]] = set()  # guards of discarded resources
         # Re-entrant: a guard closed while the lock is held takes it again in its finally.
         self._lock = threading.RLock()
 
@@ -125,6 +126,7 @@ class PerLoop(Generic[T]):
             with self._lock:
                 if self._slots.get(slot.loop) is slot:
                     del self._slots[slot.loop]
+                self._retired.discard(slot.guard)
             resource, slot.resource = slot.resource, None
             if resource is not None:
                 if slot.loop.is_closed():
@@ -154,6 +156,22 @@ class PerLoop(Generic[T]):
                 _finish_closed(guard)
             elif slot.resource is not None:
                 self._abandon_quietly(slot.resource)
+
+    def discard(self, resource: T) -> None:
+        """The running loop's ``resource`` is broken: the next ``get()`` opens a new one.
+
+        The broken one is still closed when the loop shuts down (or on its
+        ``close()``-less end, abandoned). Nothing happens if ``resource`` is no
+        longer the loop's current one.
+        """
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            slot = self._slots.get(loop)
+            if slot is None or slot.resource is not resource:
+                return
+            del self._slots[loop]
+            if slot.guard is not None:
+                self._retired.add(slot.guard)  # kept alive until the loop's shutdown closes it
 
     async def close(self) -> None:
         """Close the running loop's resource (one being opened is closed once open).

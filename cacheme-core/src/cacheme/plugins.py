@@ -25,6 +25,7 @@ from typing import Any
 import pluggy
 
 from cacheme.errors import StorageConfigError
+from cacheme.health import Health
 from cacheme.storage import BaseStorage
 
 __all__ = ["ENTRY_POINT_GROUP", "hookimpl", "hookspec", "Storage", "installed_schemes"]
@@ -125,11 +126,16 @@ def _import_target(scheme: str, target: str) -> Callable[..., BaseStorage]:
     return storage_class  # type: ignore[no-any-return]
 
 
-def Storage(url: str, **options: Any) -> BaseStorage:  # noqa: N802 - the public name of the original API
+def Storage(url: str, *, health: Health | None = None, **options: Any) -> BaseStorage:  # noqa: N802 - the public name of the original API
     """Build the storage that serves ``url``'s scheme, with backend ``options``.
 
-    Nothing connects yet: pass the result to ``cacheme.register_storage``.
+    ``health`` bounds each operation the engine sends it and sets its circuit
+    breaker (default ``cacheme.Health()``; ``Health.off()`` for neither); it
+    is checked here, like every option. Nothing connects yet: pass the result
+    to ``cacheme.register_storage``.
     """
+    if health is not None and not isinstance(health, Health):
+        raise StorageConfigError(f"health must be a cacheme.Health, got {health!r}")
     if not isinstance(url, str) or "://" not in url:
         raise StorageConfigError(f"storage url must look like 'scheme://...', got {url!r}")
     scheme = url.split("://", 1)[0].lower()
@@ -147,4 +153,6 @@ def Storage(url: str, **options: Any) -> BaseStorage:  # noqa: N802 - the public
         raise StorageConfigError(
             f"storage for scheme {scheme!r}: {target!r} built {storage!r}, not a BaseStorage"
         )
+    if health is not None:
+        storage.use_health(health)
     return storage

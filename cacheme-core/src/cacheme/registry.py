@@ -5,9 +5,17 @@ from __future__ import annotations
 import logging
 
 from cacheme.errors import StorageConfigError, StorageNotRegistered
+from cacheme.health import HealthSnapshot
 from cacheme.storage import BaseStorage
 
-__all__ = ["register_storage", "unregister_storage", "registered_storages", "lookup", "generation"]
+__all__ = [
+    "generation",
+    "lookup",
+    "register_storage",
+    "registered_storages",
+    "storage_health",
+    "unregister_storage",
+]
 
 logger = logging.getLogger("cacheme")
 
@@ -38,6 +46,8 @@ async def register_storage(name: str, storage: BaseStorage) -> None:
         )
     if not _is_registered(storage):
         await storage.connect()
+    if storage.breaker.name is None:
+        storage.breaker.name = name
     previous = _storages.get(name)
     _storages[name] = storage
     _generation += 1
@@ -66,6 +76,14 @@ async def _close_quietly(name: str, storage: BaseStorage) -> None:
         await storage.close()
     except Exception:
         logger.exception("cacheme: closing storage %r failed", name)
+
+
+def storage_health(name: str) -> HealthSnapshot:
+    """The circuit breaker of the storage registered as ``name``: its state and counters."""
+    storage = _storages.get(name)
+    if storage is None:
+        raise StorageNotRegistered(f"no storage is registered as {name!r}")
+    return storage.breaker.snapshot()
 
 
 def registered_storages() -> dict[str, BaseStorage]:

@@ -17,6 +17,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar, Final
 
+from cacheme.errors import StorageConfigError
+from cacheme.health import Breaker, Health
+
 __all__ = [
     "LATEST_EXPIRY",
     "MISSING",
@@ -56,6 +59,17 @@ class BaseStorage(abc.ABC):
 
     def __init__(self, url: str, **options: Any) -> None:
         self.url = url
+        self.use_health(Health())
+
+    def use_health(self, health: Health) -> None:
+        """Bound this storage's operations and break its circuit as ``health`` says (see cacheme.health).
+
+        ``cacheme.Storage(url, health=...)`` calls it; a new breaker starts closed.
+        """
+        if not isinstance(health, Health):
+            raise StorageConfigError(f"health must be a cacheme.Health, got {health!r}")
+        self.health = health
+        self.breaker = Breaker(health, self.__repr__)
 
     @abc.abstractmethod
     async def connect(self) -> None: ...

@@ -292,6 +292,12 @@ class MongoStorage(BaseStorage):
             await state.collection.bulk_write(operations, ordered=False)
         except pymongo.errors.AutoReconnect:
             await state.collection.bulk_write(operations, ordered=False)
+        except asyncio.CancelledError:
+            # PyMongo's own I/O tasks cancelled under it (a loop shutting down cancels every task)
+            # can leave its pool waiting for a connection that never comes back: later
+            # operations (the write sent once more, say) get a new client.
+            self._states.discard(state)
+            raise
         return [None] * len(requests)
 
     async def get(self, key: str) -> bytes | None:

@@ -158,7 +158,7 @@ class SqlStorage(BaseStorage, abc.ABC, Generic[PoolT]):
         self._connected = False  # connect() was called (operations may open pools in any loop)
         self._parse_url(url, options)
         self._pools: PerLoop[PoolT] = PerLoop(
-            self._open_for_loop, self._close_pool, abandon=self._abandon_pool, name=f"pool of {self!r}"
+            self._open_for_loop, self._close_for_loop, abandon=self._abandon_pool, name=f"pool of {self!r}"
         )
 
     # -- what each database implements -------------------------------------------------------
@@ -236,20 +236,22 @@ class SqlStorage(BaseStorage, abc.ABC, Generic[PoolT]):
         )
 
     async def close(self) -> None:
-        """Stop the sweeper and close this event loop's pool. The storage may be used again after.
+        """Close this event loop's pool (and stop the sweeper if it runs here). The storage may be used
+        again after.
 
-        Another running loop's pool is closed when that loop shuts down.
+        Another running loop's pool (and sweeper) is closed when that loop shuts down.
         """
-        sweeper, self._sweeper = self._sweeper, None
-        if sweeper is not None and not sweeper.done():
-            sweeper_loop = sweeper.get_loop()
-            if sweeper_loop is asyncio.get_running_loop():
-                sweeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper
-            elif not sweeper_loop.is_closed():
-                sweeper_loop.call_soon_threadsafe(sweeper.cancel)
         await self._pools.close()
+
+    async def _close_for_loop(self, pool: PoolT) -> None:
+        """Stop the sweeper if it runs in this loop, then close the loop's pool: both end with the loop."""
+        sweeper = self._sweeper
+        if sweeper is not None and sweeper.get_loop() is asyncio.get_running_loop():
+            self._sweeper = None
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+        await self._close_pool(pool)
 
     async def sweep(self) -> int:
         """Delete every expired row now, in batches of ``sweep_batch_size``; return how many."""

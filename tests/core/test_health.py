@@ -83,6 +83,17 @@ def test_after_the_cool_down_one_probe_decides(probe_succeeds: bool, expected: s
     assert subject.allow() is probe_succeeds
 
 
+def test_writes_wait_for_the_breaker_to_close_reads_probe() -> None:
+    subject, clock = breaker(failures=1, cool_down=1.0)
+    assert subject.allow_write()
+    subject.record_failure()
+    clock.now += 1.0
+    assert not subject.allow_write()  # half-open or open: writes are skipped
+    assert subject.allow()  # a read is the probe
+    subject.record_success()
+    assert subject.allow_write()
+
+
 def test_a_cancelled_probe_frees_the_probe_slot() -> None:
     subject, clock = breaker(failures=1, cool_down=1.0)
     subject.record_failure()

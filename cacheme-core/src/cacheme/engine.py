@@ -292,7 +292,7 @@ async def _send(config: NodeConfig, tier: Tier, payload: Mapping[str, bytes]) ->
     """
     storage = tier.storage
     breaker = storage.breaker
-    if not breaker.allow():
+    if not breaker.allow_write():
         return
     try:
         if len(payload) == 1:
@@ -301,13 +301,19 @@ async def _send(config: NodeConfig, tier: Tier, payload: Mapping[str, bytes]) ->
         else:
             await within(storage.health.write_timeout, storage.set_many(payload, tier.ttl))
     except Exception as error:
-        breaker.record_failure()
+        _failed(storage)
         _storage_failed(config, tier, "write", error, len(payload))
     except BaseException:
         breaker.record_abandoned()
         raise
     else:
         breaker.record_success()
+
+
+def _failed(storage: BaseStorage) -> None:
+    """Feed a failure to the storage's breaker; when that opens it, drop the storage's connections."""
+    if storage.breaker.record_failure():
+        storage.drop_connections()
 
 
 async def _read_remote(config: NodeConfig, tier: Tier, keys: list[str]) -> dict[str, bytes] | None:
@@ -327,7 +333,7 @@ async def _read_remote(config: NodeConfig, tier: Tier, keys: list[str]) -> dict[
         else:
             raws = await within(storage.health.read_timeout, storage.get_many(keys))
     except Exception as error:
-        breaker.record_failure()
+        _failed(storage)
         _storage_failed(config, tier, "read", error, len(keys))
         return None
     except BaseException:
@@ -794,7 +800,7 @@ async def _delete(config: NodeConfig, tier: Tier, key: str) -> None:
     try:
         await within(storage.health.read_timeout, storage.delete(key))
     except Exception as error:
-        storage.breaker.record_failure()
+        _failed(storage)
         _storage_failed(config, tier, "delete", error)
     else:
         storage.breaker.record_success()

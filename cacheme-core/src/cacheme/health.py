@@ -62,7 +62,8 @@ class Health:
     - ``write_timeout``: the same for writes (sent after callers have their value). Default 2 s.
     - ``failures``: failures in a row that open the breaker (default 5) ...
     - ``window``: ... when they all happened within this many seconds (default 10).
-    - ``cool_down``: how long the breaker stays open before one probe goes through (default 0.5).
+    - ``cool_down``: how long the breaker stays open before one read goes through as a probe
+      (default 0.25); writes wait for the breaker to close.
     - ``breaker``: False turns the breaker off (operations keep their deadlines).
 
     Times are kept as float seconds. ``Health.off()`` turns both off: no
@@ -82,7 +83,7 @@ class Health:
         write_timeout: float | timedelta | None = 2.0,
         failures: int = 5,
         window: float | timedelta = 10.0,
-        cool_down: float | timedelta = 0.5,
+        cool_down: float | timedelta = 0.25,
         breaker: bool = True,
     ) -> None:
         if isinstance(failures, bool) or not isinstance(failures, int) or failures < 1:
@@ -149,7 +150,7 @@ class Breaker:
         return self._state
 
     def allow(self) -> bool:
-        """Whether an operation may go to the storage now (an open breaker lets one probe through)."""
+        """Whether a read may go to the storage now (an open breaker lets one probe through)."""
         if self._state == CLOSED or not self.health.breaker:
             return True
         with self._lock:
@@ -161,6 +162,18 @@ class Breaker:
             self.skipped_count += 1
             return False
 
+    def allow_write(self) -> bool:
+        """Whether a write may go to the storage now: only while the breaker is closed.
+
+        Reads are the probes: a write's longer deadline would keep a storage
+        that is back closed off for that much longer.
+        """
+        if self._state == CLOSED or not self.health.breaker:
+            return True
+        with self._lock:
+            self.skipped_count += 1
+        return False
+
     def record_success(self) -> None:
         """An operation the breaker allowed succeeded."""
         if self._state == CLOSED and not self._streak:
@@ -171,20 +184,22 @@ class Breaker:
             if self._state != CLOSED:
                 self._change(CLOSED)
 
-    def record_failure(self) -> None:
-        """An operation the breaker allowed failed or passed its deadline."""
+    def record_failure(self) -> bool:
+        """An operation the breaker allowed failed or passed its deadline. True if that opened the breaker."""
         with self._lock:
+            was_open = self._state == OPEN
             self.failure_count += 1
             now = self._clock()
             self._probing = False
             if self._state == HALF_OPEN:
                 self._open(now)
-                return
+                return True
             if self._streak == 0 or now - self._streak_started > self.health.window:
                 self._streak, self._streak_started = 0, now
             self._streak += 1
             if self.health.breaker and self._state == CLOSED and self._streak >= self.health.failures:
                 self._open(now)
+            return self._state == OPEN and not was_open
 
     def record_abandoned(self) -> None:
         """An allowed operation ended without an outcome (cancelled): the probe slot is free again."""
@@ -198,21 +213,22 @@ class Breaker:
         self._change(OPEN)
 
     def _change(self, state: State) -> None:
-        """Move to ``state`` and log it (lock held)."""
+        """Move to ``state`` and log it (lock held): a warning when the storage is given up and when it
+        answers again; the probes in between (one per cool-down) at debug level."""
         previous, self._state = self._state, state
-        if state == OPEN:
+        name = self.name or self._describe()
+        if state == OPEN and previous == CLOSED:
             logger.warning(
-                "cacheme: storage %r breaker %s -> open after %d failure(s) in a row: reads are misses and "
-                "writes are skipped for %.3gs, then one probe",
-                self.name or self._describe(),
-                previous,
-                self._streak if previous == CLOSED else 1,
+                "cacheme: storage %r breaker closed -> open after %d failure(s) in a row: reads are misses "
+                "and writes are skipped, with one probe every %.3gs",
+                name,
+                self._streak,
                 self.health.cool_down,
             )
+        elif state == CLOSED:
+            logger.warning("cacheme: storage %r breaker %s -> closed: it answers again", name, previous)
         else:
-            logger.warning(
-                "cacheme: storage %r breaker %s -> %s", self.name or self._describe(), previous, state
-            )
+            logger.debug("cacheme: storage %r breaker %s -> %s", name, previous, state)
         if state == CLOSED:
             self._streak = 0
 

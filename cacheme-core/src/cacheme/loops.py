@@ -70,6 +70,7 @@ class PerLoop(Generic[T]):
         self._name = name
         self._slots: dict[asyncio.AbstractEventLoop, _Slot[T]] = {}
         self._retired: set[AsyncGenerator[None, None]] = set()  # guards of discarded resources
+        self._closing: set[asyncio.Task[None]] = set()  # discarded resources being closed
         # Re-entrant: a guard closed while the lock is held takes it again in its finally.
         self._lock = threading.RLock()
 
@@ -157,21 +158,31 @@ class PerLoop(Generic[T]):
             elif slot.resource is not None:
                 self._abandon_quietly(slot.resource)
 
-    def discard(self, resource: T) -> None:
-        """The running loop's ``resource`` is broken: the next ``get()`` opens a new one.
+    def discard(self, resource: T | None = None, *, close_now: bool = True) -> None:
+        """The running loop's resource (``resource``, if given) is broken: the next ``get()`` opens a new one.
 
-        The broken one is still closed when the loop shuts down (or on its
-        ``close()``-less end, abandoned). Nothing happens if ``resource`` is no
-        longer the loop's current one.
+        The broken one is closed in the background, or with ``close_now=False``
+        when the loop shuts down (for a resource whose close could hang now).
+        Nothing happens when the loop holds no resource, or another one than ``resource``.
         """
         loop = asyncio.get_running_loop()
         with self._lock:
             slot = self._slots.get(loop)
-            if slot is None or slot.resource is not resource:
+            if (
+                slot is None
+                or slot.resource is None
+                or (resource is not None and slot.resource is not resource)
+            ):
                 return
             del self._slots[loop]
             if slot.guard is not None:
-                self._retired.add(slot.guard)  # kept alive until the loop's shutdown closes it
+                self._retired.add(slot.guard)  # its loop closes it at shutdown (if nothing else did)
+            if not close_now:
+                return
+            broken, slot.resource = slot.resource, None
+        closing = loop.create_task(self._close_quietly(broken), name=f"cacheme: close {self._name}")
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
         """Close the running loop's resource (one being opened is closed once open).

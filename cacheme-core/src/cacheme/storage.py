@@ -74,6 +74,16 @@ class BaseStorage(abc.ABC):
     @abc.abstractmethod
     async def connect(self) -> None: ...
 
+    def drop_connections(self) -> None:
+        """Drop the running loop's connections; the next operation opens new ones (no await, no error).
+
+        The engine calls it when the storage's circuit breaker opens: connections
+        a dead or partitioned server left behind (a reply that will never come)
+        would otherwise fail the probes after the server is back. The default
+        does nothing.
+        """
+        return None
+
     @abc.abstractmethod
     async def close(self) -> None: ...
 

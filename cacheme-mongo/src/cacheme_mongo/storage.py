@@ -254,6 +254,10 @@ class MongoStorage(BaseStorage):
             raise
         self._ready = True
 
+    def drop_connections(self) -> None:
+        """This loop's client is replaced at the next request; the old one is closed in the background."""
+        self._states.discard()
+
     async def close(self) -> None:
         """Send the pending writes and close this event loop's client; the storage may be used again after.
 
@@ -296,7 +300,7 @@ class MongoStorage(BaseStorage):
             # PyMongo's own I/O tasks cancelled under it (a loop shutting down cancels every task)
             # can leave its pool waiting for a connection that never comes back: later
             # operations (the write sent once more, say) get a new client.
-            self._states.discard(state)
+            self._states.discard(state, close_now=False)  # closing it now could wait on that pool
             raise
         return [None] * len(requests)
 

@@ -147,6 +147,10 @@ class RedisStorage(BaseStorage):
         """Checks that the server (or the cluster) answers; raises if it does not."""
         await (await self._state()).commands.connect()
 
+    def drop_connections(self) -> None:
+        """This loop's client is replaced at the next request; the old one is closed in the background."""
+        self._states.discard()
+
     async def close(self) -> None:
         """Sends what is pending, waits for it, and closes this event loop's connections.
 

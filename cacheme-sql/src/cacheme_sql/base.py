@@ -235,6 +235,10 @@ class SqlStorage(BaseStorage, abc.ABC, Generic[PoolT]):
             self._sweep_forever(self.sweep_interval), name=f"cacheme-sql sweeper {self.table}"
         )
 
+    def drop_connections(self) -> None:
+        """This loop's pool is replaced at the next request; the old one is closed in the background."""
+        self._pools.discard()
+
     async def close(self) -> None:
         """Close this event loop's pool (and stop the sweeper if it runs here). The storage may be used
         again after.

@@ -8,7 +8,7 @@ made for the test.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -17,6 +17,7 @@ import pytest_asyncio
 import cacheme
 from cacheme.storage import BaseStorage
 from tests.conformance import test_contract
+from tests.core.test_keys import NamedNode, node_class
 from tests.sql.test_through_core import write_backs_done
 
 # The suite's fixtures, shared rather than copied: every case of every backend.
@@ -33,33 +34,6 @@ async def tier(storage: BaseStorage) -> AsyncIterator[str]:
         yield name
     finally:
         await cacheme.unregister_storage(name)
-
-
-class NamedNode(cacheme.Node):
-    name: str
-
-    def key(self) -> str:
-        return self.name
-
-
-def node_class(tier: str, ttl: timedelta | None) -> tuple[type[NamedNode], list[str]]:
-    """A node class cached only in ``tier`` with ``ttl``, and the list of names its source loaded."""
-    loaded: list[str] = []
-
-    class EngineNode(NamedNode):
-        async def load(self) -> str:
-            loaded.append(self.name)
-            return f"value of {self.name}"
-
-        @classmethod
-        async def load_all(cls, nodes: Sequence[cacheme.Node]) -> list[str]:
-            return [await node.load() for node in nodes]
-
-        class Meta(cacheme.Node.Meta):
-            version = "v1"
-            caches = [cacheme.Cache(storage=tier, ttl=ttl)]
-
-    return EngineNode, loaded
 
 
 async def assert_cached_after_one_load(
@@ -95,7 +69,7 @@ async def test_non_ascii_keys_are_cached(tier: str) -> None:
 )
 async def test_a_key_no_tier_can_store_is_refused(tier: str, key: str) -> None:
     node_cls, loaded = node_class(tier, timedelta(minutes=5))
-    with pytest.raises(cacheme.InvalidKeyError, match="EngineNode's cache key"):
+    with pytest.raises(cacheme.InvalidKeyError, match="KeyNode's cache key"):
         await cacheme.get(node_cls(name=key))
     with pytest.raises(cacheme.InvalidKeyError):
         await cacheme.get_all([node_cls(name="fine"), node_cls(name=key)])

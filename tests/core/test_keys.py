@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from datetime import timedelta
 
 import pytest
 
@@ -28,8 +29,9 @@ class NamedNode(cacheme.Node):
         return self.name
 
 
-def node_class(storage: str) -> tuple[type[NamedNode], list[str]]:
-    """A node class cached in ``storage`` whose key is its ``name`` field, and the list of names it loaded."""
+def node_class(storage: str, ttl: timedelta | None = None) -> tuple[type[NamedNode], list[str]]:
+    """A node class cached in ``storage`` (with ``ttl``) whose key is its ``name`` field, and the list of
+    names its source loaded."""
     loaded: list[str] = []
 
     class KeyNode(NamedNode):
@@ -43,7 +45,7 @@ def node_class(storage: str) -> tuple[type[NamedNode], list[str]]:
 
         class Meta(cacheme.Node.Meta):
             version = "v1"
-            caches = [cacheme.Cache(storage=storage, ttl=None)]
+            caches = [cacheme.Cache(storage=storage, ttl=ttl)]
 
     return KeyNode, loaded
 

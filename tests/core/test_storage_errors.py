@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import cacheme
-from cacheme.engine import ERROR_REPR_LIMIT
+from cacheme.chain import ERROR_REPR_LIMIT
 from cacheme.storage import MISSING
 
 

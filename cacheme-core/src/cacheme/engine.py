@@ -20,13 +20,22 @@ from typing import Any
 import pydantic
 
 from cacheme import registry, singleflight
+from cacheme.chain import (
+    Tier,
+    decode_found,
+    delete,
+    local_read_failed,
+    read_remote,
+    storage_failed,
+    write_local,
+    write_remotes,
+)
 from cacheme.doorkeeper import DoorKeeper
 from cacheme.errors import NodeDefinitionError
-from cacheme.health import within
 from cacheme.node import Node
 from cacheme.serializer import MsgPackSerializer, Serializer
 from cacheme.stats import Metrics
-from cacheme.storage import MISSING, BaseStorage, LocalStorage
+from cacheme.storage import MISSING, LocalStorage
 
 __all__ = ["get", "get_all", "invalidate", "refresh", "stats", "NodeConfig"]
 
@@ -34,24 +43,9 @@ logger = logging.getLogger("cacheme")
 
 Loader = Callable[[], Awaitable[Any]]
 
-# A storage that keeps failing is logged at most once per this many seconds.
-ERROR_LOG_INTERVAL = 1.0
-# The longest repr of a storage error that is logged (msgpack's ExtraData carries the whole value).
-ERROR_REPR_LIMIT = 500
-
 # The keys being refreshed or invalidated (the same dict as singleflight.changing, never rebound).
 # A flight made for one of them is made stale: it may read the value being replaced.
 _changing = singleflight.changing
-
-
-class Tier:
-    __slots__ = ("local", "name", "storage", "ttl")
-
-    def __init__(self, name: str, storage: BaseStorage, ttl: Any) -> None:
-        self.name = name
-        self.storage = storage
-        self.ttl = ttl
-        self.local = storage.is_local
 
 
 class NodeConfig:
@@ -140,209 +134,6 @@ def configure(node_class: type[Node]) -> NodeConfig:
     return config
 
 
-# ---------------------------------------------------------------- reporting
-
-
-_last_logged: dict[str, float] = {}
-
-
-def _storage_failed(
-    config: NodeConfig, tier: Tier, operation: str, error: BaseException, keys: int = 1
-) -> None:
-    """Count (one per key affected) and log a failed storage operation."""
-    config.metrics._storage_errors += keys
-    now = time.monotonic()
-    if now - _last_logged.get(tier.name, -ERROR_LOG_INTERVAL) >= ERROR_LOG_INTERVAL:
-        _last_logged[tier.name] = now
-        logger.warning(
-            "cacheme: %s on storage %r failed for %s: %s (treated as %s; repeats within %.0fs are counted, "
-            "not logged)",
-            operation,
-            tier.name,
-            config.node_class.__qualname__,
-            _short_repr(error),
-            "a miss" if operation == "read" else "skipped",
-            ERROR_LOG_INTERVAL,
-        )
-
-
-def _short_repr(error: BaseException) -> str:
-    """``repr(error)``, cut to ``ERROR_REPR_LIMIT`` characters: an error may carry a whole value."""
-    text = repr(error)
-    if len(text) > ERROR_REPR_LIMIT:
-        return f"{text[:ERROR_REPR_LIMIT]}... ({len(text)} characters)"
-    return text
-
-
-# ---------------------------------------------------------------- tiers
-
-
-def _decode(config: NodeConfig, raw: bytes) -> Any:
-    assert config.serializer is not None
-    value = config.serializer.loads(raw)
-    if config.adapter is not None:
-        value = config.adapter.validate_python(value)
-    return value
-
-
-def _decode_found(config: NodeConfig, tier: Tier, raws: Mapping[str, bytes]) -> dict[str, Any]:
-    """``{key: value}`` of the bytes a remote tier returned; bytes that do not decode are misses."""
-    found: dict[str, Any] = {}
-    for key, raw in raws.items():
-        try:
-            found[key] = _decode(config, raw)
-        except Exception as error:
-            _storage_failed(config, tier, "read", error)
-    return found
-
-
-def _write_local(config: NodeConfig, tiers: Sequence[Tier], values: Mapping[str, Any]) -> None:
-    """Write ``values`` into the local tiers among ``tiers`` (at once, no await); failures are counted."""
-    for tier in tiers:
-        if tier.local:
-            local = typing.cast(LocalStorage, tier.storage)
-            try:
-                for key, value in values.items():
-                    local.set_sync(key, value, tier.ttl)
-            except Exception as error:
-                _storage_failed(config, tier, "write", error, len(values))
-
-
-def _local_read_failed(config: NodeConfig, index: int, error: Exception) -> Any:
-    """A leading local tier's read raised: count and log it, and answer as a miss."""
-    _storage_failed(config, config.tiers[index], "read", error)
-    return MISSING
-
-
-async def _write_remotes(
-    config: NodeConfig,
-    tiers: Sequence[Tier],
-    values: Mapping[str, Any],
-    encoded: Mapping[str, bytes] | None = None,
-    *,
-    write_back: bool = True,
-) -> None:
-    """Write ``values`` into the remote tiers among ``tiers``, concurrently.
-
-    ``encoded`` holds bytes already read for some keys, written as they are.
-    A ``write_back`` (a fetch's, whose callers were answered already) is not
-    given up when its task is cancelled: see ``_write_remote``.
-    """
-    remote = [tier for tier in tiers if not tier.local]
-    if not remote or not values:
-        return
-    payload: dict[str, bytes] = {}
-    assert config.serializer is not None
-    for key, value in values.items():
-        raw = encoded.get(key) if encoded is not None else None
-        if raw is None:
-            try:
-                raw = config.serializer.dumps(value)
-            except Exception as error:
-                _storage_failed(config, remote[0], "write", error)
-                continue
-        payload[key] = raw
-    if not payload:
-        return
-    if len(remote) == 1:
-        await _write_remote(config, remote[0], payload, write_back)
-        return
-    writes = asyncio.gather(*(_write_remote(config, tier, payload, write_back) for tier in remote))
-    try:
-        await asyncio.shield(writes)
-    except asyncio.CancelledError:
-        if not write_back:
-            raise
-        _uncancel_current_task()
-        await writes  # each write finishes (or is sent again) by itself
-
-
-async def _write_remote(
-    config: NodeConfig, tier: Tier, payload: Mapping[str, bytes], write_back: bool
-) -> None:
-    """Write ``payload`` into one remote tier; a failure is counted and logged, never raised.
-
-    A write-back cut off by a cancel is sent once more, in full: ``asyncio.run``
-    cancels every task of its loop (drivers' own tasks included) when its main
-    coroutine ends, and the write-backs of the last requests would be lost.
-    The loop's shutdown waits for it; the fetch then ends normally.
-    """
-    try:
-        await _send(config, tier, payload)
-    except asyncio.CancelledError:
-        if not write_back:
-            raise
-        _uncancel_current_task()
-        await _send(config, tier, payload)
-
-
-def _uncancel_current_task() -> None:
-    """Take back the cancel the running task has just caught (Python 3.11+ counts them)."""
-    task = asyncio.current_task()
-    uncancel = getattr(task, "uncancel", None)
-    if uncancel is not None:
-        uncancel()
-
-
-async def _send(config: NodeConfig, tier: Tier, payload: Mapping[str, bytes]) -> None:
-    """One write of ``payload`` to ``tier``, under the storage's write deadline and breaker.
-
-    Skipped while the breaker is open; a failure (or the deadline) is counted,
-    logged and fed to the breaker, never raised. A cancel is raised.
-    """
-    storage = tier.storage
-    breaker = storage.breaker
-    if not breaker.allow_write():
-        return
-    try:
-        if len(payload) == 1:
-            ((key, raw),) = payload.items()
-            await within(storage.health.write_timeout, storage.set(key, raw, tier.ttl))
-        else:
-            await within(storage.health.write_timeout, storage.set_many(payload, tier.ttl))
-    except Exception as error:
-        _failed(storage)
-        _storage_failed(config, tier, "write", error, len(payload))
-    except BaseException:
-        breaker.record_abandoned()
-        raise
-    else:
-        breaker.record_success()
-
-
-def _failed(storage: BaseStorage) -> None:
-    """Feed a failure to the storage's breaker; when that opens it, drop the storage's connections."""
-    if storage.breaker.record_failure():
-        storage.drop_connections()
-
-
-async def _read_remote(config: NodeConfig, tier: Tier, keys: list[str]) -> dict[str, bytes] | None:
-    """The bytes ``tier`` holds for ``keys``, under the storage's read deadline and breaker.
-
-    None when the read was skipped (breaker open) or failed (counted, logged,
-    fed to the breaker): a miss either way. A cancel is raised.
-    """
-    storage = tier.storage
-    breaker = storage.breaker
-    if not breaker.allow():
-        return None
-    try:
-        if len(keys) == 1:
-            raw = await within(storage.health.read_timeout, storage.get(keys[0]))
-            raws = {} if raw is None else {keys[0]: raw}
-        else:
-            raws = await within(storage.health.read_timeout, storage.get_many(keys))
-    except Exception as error:
-        _failed(storage)
-        _storage_failed(config, tier, "read", error, len(keys))
-        return None
-    except BaseException:
-        breaker.record_abandoned()
-        raise
-    breaker.record_success()
-    return raws
-
-
 def _admitted(config: NodeConfig, key: str) -> bool:
     """The doorkeeper's verdict on caching a freshly loaded key."""
     doorkeeper = config.doorkeeper
@@ -411,14 +202,14 @@ async def _read_remote_tiers(
             try:
                 found = typing.cast(LocalStorage, tier.storage).get_many_sync(remaining)
             except Exception as error:
-                _storage_failed(config, tier, "read", error, len(remaining))
+                storage_failed(config, tier, "read", error, len(remaining))
                 continue
         else:
-            read = await _read_remote(config, tier, remaining)
+            read = await read_remote(config, tier, remaining)
             if read is None:
                 continue
             raws = read
-            found = _decode_found(config, tier, raws)
+            found = decode_found(config, tier, raws)
         if not found:
             continue
         if index > 0:
@@ -441,7 +232,7 @@ def _fill_before(
 ) -> None:
     """Write what tier ``index`` had into the local tiers before it; queue it for the remote ones."""
     values = {key: value for key, value in found.items() if not flights[key].stale}
-    _write_local(config, config.tiers[:index], values)
+    write_local(config, config.tiers[:index], values)
     if values and index > config.local_prefix:
         backfills.append((index, values, {key: raws[key] for key in values if key in raws}))
 
@@ -450,7 +241,7 @@ async def _write_backfills(
     config: NodeConfig, backfills: list[tuple[int, dict[str, Any], dict[str, bytes]]]
 ) -> None:
     for index, values, raws in backfills:
-        await _write_remotes(config, config.tiers[:index], values, raws)
+        await write_remotes(config, config.tiers[:index], values, raws)
 
 
 def _want(
@@ -508,10 +299,10 @@ async def _load_and_write(
         del node, load
         write = not flight.stale and _admitted(config, key)
         if write:
-            _write_local(config, config.tiers, {key: value})
+            write_local(config, config.tiers, {key: value})
         flight.resolve(value, False)
         if write:
-            await _write_remotes(config, config.tiers, {key: value})
+            await write_remotes(config, config.tiers, {key: value})
     except BaseException as caught:
         error = caught
         if not isinstance(caught, Exception):
@@ -549,7 +340,7 @@ async def _fetch_many(
                 await _load_each(config, missing, nodes, flights, loaded)
         del nodes
         await _write_backfills(config, backfills)
-        await _write_remotes(config, config.tiers, loaded)
+        await write_remotes(config, config.tiers, loaded)
     except BaseException as caught:
         error = caught
         if not isinstance(caught, Exception):
@@ -577,7 +368,7 @@ async def _load_batch(
     for key, value in zip(missing, results, strict=True):
         if not flights[key].stale and _admitted(config, key):
             loaded[key] = value
-    _write_local(config, config.tiers, loaded)
+    write_local(config, config.tiers, loaded)
     for key, value in zip(missing, results, strict=True):
         flights[key].resolve(value, False)
     return None
@@ -603,7 +394,7 @@ async def _load_each(
     for key, (value, error) in zip(missing, outcomes, strict=True):
         if error is None and not flights[key].stale and _admitted(config, key):
             loaded[key] = value
-    _write_local(config, config.tiers, loaded)
+    write_local(config, config.tiers, loaded)
     for key, (value, error) in zip(missing, outcomes, strict=True):
         if error is None:
             flights[key].resolve(value, False)
@@ -644,7 +435,7 @@ async def get(node: Node, load: Loader | None = None) -> Any:
         try:
             value = first.get_sync(key)
         except Exception as error:
-            value = _local_read_failed(config, 0, error)
+            value = local_read_failed(config, 0, error)
         if value is not MISSING:
             metrics._hits += 1
             return value
@@ -674,9 +465,9 @@ def _read_leading_locals(config: NodeConfig, key: str, start: int) -> Any:
         try:
             value = leading[index][0].get_sync(key)
         except Exception as error:
-            value = _local_read_failed(config, index, error)
+            value = local_read_failed(config, index, error)
         if value is not MISSING:
-            _write_local(config, config.tiers[:index], {key: value})
+            write_local(config, config.tiers[:index], {key: value})
             return value
     return MISSING
 
@@ -712,7 +503,7 @@ async def get_all(nodes: Sequence[Node]) -> list[Any]:
             try:
                 value = first.get_sync(key)
             except Exception as error:
-                value = _local_read_failed(config, 0, error)
+                value = local_read_failed(config, 0, error)
             if value is MISSING and deeper:
                 value = _read_leading_locals(config, key, 1)
             if value is MISSING:
@@ -788,22 +579,9 @@ async def invalidate(node: Node) -> None:
     try:
         await _settle(racing)
         for tier in config.tiers:
-            await _delete(config, tier, key)
+            await delete(config, tier, key)
     finally:
         singleflight.end_change(key)
-
-
-async def _delete(config: NodeConfig, tier: Tier, key: str) -> None:
-    """Delete ``key`` from ``tier``, under the storage's read deadline, even while its breaker is open
-    (a value left behind would be served once the storage is back); a failure is counted and logged."""
-    storage = tier.storage
-    try:
-        await within(storage.health.read_timeout, storage.delete(key))
-    except Exception as error:
-        _failed(storage)
-        _storage_failed(config, tier, "delete", error)
-    else:
-        storage.breaker.record_success()
 
 
 async def refresh(node: Node) -> Any:
@@ -819,8 +597,8 @@ async def refresh(node: Node) -> Any:
     try:
         await _settle(racing)
         value = await _load_one(config, node, None)
-        _write_local(config, config.tiers, {key: value})
-        await _write_remotes(config, config.tiers, {key: value}, write_back=False)
+        write_local(config, config.tiers, {key: value})
+        await write_remotes(config, config.tiers, {key: value}, write_back=False)
     finally:
         singleflight.end_change(key)
     return value

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 import pytest_asyncio
 import redis
 
 from cacheme_redis.storage import RedisStorage
+from tests.fixtures.redis_servers import RedisServer
 
 
 @pytest.fixture
@@ -36,3 +37,15 @@ def commandstats(client: redis.Redis) -> dict[str, int]:
     """Calls per command since the last CONFIG RESETSTAT, e.g. {"mget": 1}."""
     stats = client.info("commandstats")
     return {name.removeprefix("cmdstat_"): int(fields["calls"]) for name, fields in stats.items()}
+
+
+@pytest.fixture
+def server(redis_server_factory: Callable[..., RedisServer]) -> RedisServer:
+    """A private redis-server of this test (its command statistics are this test's alone)."""
+    return redis_server_factory()
+
+
+@pytest.fixture
+def control(server: RedisServer) -> redis.Redis:
+    """A plain redis-py client of that server, next to (not through) the storage under test."""
+    return server.client()

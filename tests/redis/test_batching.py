@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
-import pytest
 import pytest_asyncio
 import redis
 
@@ -23,16 +22,6 @@ from tests.redis.conftest import commandstats
 from tests.redis.nodes import item_node
 
 N = 10_000
-
-
-@pytest.fixture
-def server(redis_server_factory: Callable[..., RedisServer]) -> RedisServer:
-    return redis_server_factory()
-
-
-@pytest.fixture
-def control(server: RedisServer) -> redis.Redis:
-    return server.client()
 
 
 def connections_named(control: redis.Redis, name: str) -> int:

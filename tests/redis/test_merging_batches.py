@@ -97,16 +97,6 @@ async def round_trip(storage: RedisStorage) -> float:
 
 
 @pytest.fixture
-def server(redis_server_factory: Callable[..., RedisServer]) -> RedisServer:
-    return redis_server_factory()
-
-
-@pytest.fixture
-def control(server: RedisServer) -> redis.Redis:
-    return server.client()
-
-
-@pytest.fixture
 def proxy(server: RedisServer, tcp_proxy: Callable[[str, int], TcpProxy]) -> TcpProxy:
     return tcp_proxy("127.0.0.1", server.port)
 

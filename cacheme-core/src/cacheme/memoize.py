@@ -15,6 +15,8 @@ where and under which key the result is cached.
 from __future__ import annotations
 
 import functools
+import types
+import typing
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, ParamSpec, TypeVar
 
@@ -29,7 +31,12 @@ R = TypeVar("R")
 
 
 class Memoized(Generic[P, R]):
-    """The memoized function; call it like the original."""
+    """The memoized function; call it like the original.
+
+    On a class it is a method: ``instance.method(...)`` passes ``self`` on, to
+    the function and to the ``to_node`` mapper alike (write the mapper with
+    ``self`` too).
+    """
 
     __name__: str
     __qualname__: str
@@ -41,7 +48,11 @@ class Memoized(Generic[P, R]):
         functools.update_wrapper(self, function)
 
     def to_node(self, mapper: Callable[P, Node]) -> Callable[P, Node]:
-        """Register the function that maps the call's arguments to a node."""
+        """Register the function that maps the call's arguments to a node.
+
+        It returns an instance of the Memoize's node class or of a subclass of
+        it (a DynamicNode for a class made by ``build_node``).
+        """
         self._to_node = mapper
         return mapper
 
@@ -54,20 +65,41 @@ class Memoized(Generic[P, R]):
                 f"@{self.function.__name__}.to_node mapper"
             )
         node = mapper(*args, **kwargs)
-        if type(node) is not self.node_class:
+        if not isinstance(node, self.node_class):
             if isinstance(node, DynamicNode) and issubclass(self.node_class, DynamicNode):
                 node = self.node_class(key=node.key())
             else:
                 raise TypeError(
                     f"{self.function.__qualname__}.to_node returned {type(node).__qualname__}, "
-                    f"expected {self.node_class.__qualname__}"
+                    f"expected {self.node_class.__qualname__} or a subclass of it"
                 )
-        # A partial, not a lambda: fewer objects kept per waiting call.
-        return engine.get(node, functools.partial(self.function, *args, **kwargs))
+        # A partial, not a closure: fewer objects kept per waiting call.
+        return engine.get(node, functools.partial(_call_source, self.function, args, kwargs))
+
+    @typing.overload
+    def __get__(self, instance: None, owner: type[Any]) -> Memoized[P, R]: ...
+
+    @typing.overload
+    def __get__(self, instance: object, owner: type[Any]) -> Callable[..., Coroutine[Any, Any, R]]: ...
+
+    def __get__(
+        self, instance: object | None, owner: type[Any]
+    ) -> Memoized[P, R] | Callable[..., Coroutine[Any, Any, R]]:
+        """On a class: the Memoized itself; on an instance: a bound method (``self`` passed first)."""
+        if instance is None:
+            return self
+        return types.MethodType(self, instance)
+
+
+def _call_source(
+    function: Callable[..., Awaitable[R]], args: tuple[Any, ...], kwargs: dict[str, Any], node: Node
+) -> Awaitable[R]:
+    """The memoized function called with the caller's arguments (the engine passes the node too)."""
+    return function(*args, **kwargs)
 
 
 class Memoize:
-    """Decorator factory: ``@Memoize(NodeClass)`` on an async function."""
+    """Decorator factory: ``@Memoize(NodeClass)`` on an async function or method."""
 
     def __init__(self, node_class: type[Node]) -> None:
         if not (isinstance(node_class, type) and issubclass(node_class, Node)):

@@ -9,10 +9,11 @@ with its parent by inheritance.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import weakref
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from typing_extensions import dataclass_transform
 
@@ -21,7 +22,7 @@ from cacheme.errors import InvalidKeyError, NodeDefinitionError
 from cacheme.serializer import Serializer
 from cacheme.stats import Metrics
 
-__all__ = ["Cache", "Node", "DynamicNode", "build_node", "nodes", "set_prefix", "get_prefix"]
+__all__ = ["Cache", "Loadable", "Node", "DynamicNode", "build_node", "nodes", "set_prefix", "get_prefix"]
 
 _prefix = "cacheme"
 
@@ -64,12 +65,49 @@ class Cache:
                 raise NodeDefinitionError(f"Cache ttl must be positive, got {self.ttl!r}")
 
 
+R_co = TypeVar("R_co", covariant=True)
+
+
+class Loadable(Protocol[R_co]):
+    """A node as type checkers see it in ``get``, ``get_all`` and ``refresh``: typed by its ``load``.
+
+    Every ``Node`` subclass matches it, with ``R_co`` the return type of its
+    ``async def load(self)``, so ``await cacheme.get(UserNode(...))`` is typed
+    as what ``UserNode.load`` returns, with nothing written in the node.
+    """
+
+    def full_key(self) -> str: ...
+
+    def load(self) -> Awaitable[R_co]: ...
+
+
 _node_classes: list[weakref.ref[type[Node]]] = []
+
+
+# Every attribute a node's Meta may set. Anything else (``cache``, ``serialiser``,
+# an option of a later version) is a NodeDefinitionError, never silently ignored.
+META_OPTIONS = ("version", "caches", "serializer", "doorkeeper")
+
+
+def _check_meta_names(meta: type, name: str) -> None:
+    for klass in meta.__mro__:
+        if klass is Node.Meta or klass is object:
+            continue
+        for attribute in vars(klass):
+            if attribute.startswith("_") or attribute in META_OPTIONS:
+                continue
+            close = difflib.get_close_matches(attribute, META_OPTIONS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise NodeDefinitionError(
+                f"{name}.Meta has an attribute cacheme does not know: {attribute!r}{hint}. "
+                f"A Meta may set: {', '.join(META_OPTIONS)}"
+            )
 
 
 def _check_meta(cls: type[Node]) -> None:
     meta = cls.Meta
     name = cls.__qualname__
+    _check_meta_names(meta, name)
     if not isinstance(meta.version, str):
         raise NodeDefinitionError(f"{name}.Meta.version must be a str, got {meta.version!r}")
     if not isinstance(meta.caches, (list, tuple)) or not all(isinstance(c, Cache) for c in meta.caches):
@@ -215,6 +253,10 @@ class DynamicNode(Node):
         return hash((type(self), self._key))
 
 
+# The classes build_node made, by name, with the arguments they were made with.
+_built_nodes: dict[str, tuple[tuple[Any, ...], type[DynamicNode]]] = {}
+
+
 def build_node(
     name: str,
     version: str,
@@ -222,9 +264,23 @@ def build_node(
     serializer: Serializer | None = None,
     doorkeeper: DoorKeeper | None = None,
 ) -> type[DynamicNode]:
-    """Make a DynamicNode class with its own Meta, without writing a class."""
+    """Make a DynamicNode class with its own Meta, without writing a class.
+
+    Building a name again with the same arguments returns the class built
+    first (the same statistics, one entry in ``nodes()``); the same name with
+    other arguments is a ``NodeDefinitionError``.
+    """
     if not isinstance(name, str) or not name.isidentifier():
         raise NodeDefinitionError(f"build_node name must be an identifier, got {name!r}")
+    arguments = (version, tuple(caches), serializer, doorkeeper)
+    built = _built_nodes.get(name)
+    if built is not None:
+        if not _same_arguments(built[0], arguments):
+            raise NodeDefinitionError(
+                f"build_node({name!r}) was called before with other arguments: "
+                f"{_describe(built[0])}, now {_describe(arguments)}. Give each node its own name."
+            )
+        return built[1]
     meta = type(
         "Meta",
         (DynamicNode.Meta,),
@@ -236,7 +292,38 @@ def build_node(
             "doorkeeper": doorkeeper,
         },
     )
-    return type(name, (DynamicNode,), {"Meta": meta, "__qualname__": name})
+    node_class: type[DynamicNode] = type(name, (DynamicNode,), {"Meta": meta, "__qualname__": name})
+    _built_nodes[name] = (arguments, node_class)
+    return node_class
+
+
+def _same_arguments(first: tuple[Any, ...], second: tuple[Any, ...]) -> bool:
+    """Equal versions and caches; serializers and doorkeepers of one type with equal settings.
+
+    Settings are the public attributes (a BloomFilter's size and rate, not its bits).
+    """
+    return first[:2] == second[:2] and all(map(_same_setting, first[2:], second[2:]))
+
+
+def _same_setting(first: object, second: object) -> bool:
+    if first is second:
+        return True
+    if type(first) is not type(second):
+        return False
+    if not hasattr(first, "__dict__"):
+        return first == second
+    return _public_attributes(first) == _public_attributes(second)
+
+
+def _public_attributes(instance: object) -> dict[str, Any]:
+    return {key: value for key, value in vars(instance).items() if not key.startswith("_")}
+
+
+def _describe(arguments: tuple[Any, ...]) -> str:
+    version, caches, serializer, doorkeeper = arguments
+    return (
+        f"version={version!r}, caches={list(caches)!r}, serializer={serializer!r}, doorkeeper={doorkeeper!r}"
+    )
 
 
 def nodes() -> list[type[Node]]:

@@ -71,3 +71,32 @@ async def test_our_own_table_is_accepted(db: Database, create_table: bool) -> No
         assert await storage.get("kept") == b"yes"
     finally:
         await cacheme.unregister_storage(name)
+
+
+# The table cacheme 0.3.0 asked its users to create (its columns; the same default name,
+# cacheme_data): a user migrating with that table in place gets the error, not a broken cache.
+TABLE_OF_030 = {
+    "sqlite": "CREATE TABLE {table} (id INTEGER PRIMARY KEY, key VARCHAR(512) UNIQUE, value BLOB, "
+    "expire DATETIME, updated_at DATETIME)",
+    "postgresql": "CREATE TABLE {table} (id SERIAL PRIMARY KEY, key VARCHAR(512) UNIQUE, value BYTEA, "
+    "expire TIMESTAMP WITH TIME ZONE, updated_at TIMESTAMP WITH TIME ZONE DEFAULT now())",
+    "mysql": "CREATE TABLE {table} (id INTEGER AUTO_INCREMENT PRIMARY KEY, `key` VARCHAR(512) UNIQUE, "
+    "value BLOB, expire DATETIME(6), updated_at DATETIME(6))",
+}
+
+
+async def test_a_table_made_for_cacheme_030_is_refused_and_left_alone(db: Database) -> None:
+    await db.execute(TABLE_OF_030[db.kind].format(table=db.table))
+    name = storage_name(db)
+    with pytest.raises(cacheme.StorageConfigError) as raised:
+        await cacheme.register_storage(name, db.storage())
+    message = str(raised.value)
+    assert f"table {db.table!r} is not a cacheme table" in message
+    assert "lacks column(s) key_hash, cache_key" in message
+    assert [column[0].lower() for column in await db.columns(db.table)] == [
+        "id",
+        "key",
+        "value",
+        "expire",
+        "updated_at",
+    ]

@@ -288,7 +288,12 @@ def test_build_node_again_with_other_arguments_is_an_error(changed: dict[str, An
 
 @pytest.mark.parametrize(
     ("attribute", "hint"),
-    [("cache", "did you mean 'caches'"), ("serialiser", "did you mean 'serializer'"), ("refresh_soon", "")],
+    [
+        ("cache", "did you mean 'caches'"),
+        ("serialiser", "did you mean 'serializer'"),
+        ("refresh_soon", ""),
+        ("storage", "cacheme 0.2's single storage, ignored since 0.3.0"),
+    ],
 )
 def test_a_misspelt_meta_attribute_is_an_error(attribute: str, hint: str) -> None:
     meta = type("Meta", (cacheme.Node.Meta,), {"version": "v1", attribute: []})

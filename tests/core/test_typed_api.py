@@ -9,6 +9,7 @@ same tests then assert the values themselves.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,21 @@ class ScoreNode(cacheme.Node):
         caches = [cacheme.Cache(storage="typed-local", ttl=None)]
 
 
+# cacheme 0.3.0's form: the value type stated on the node class (and a dataclass option).
+class RankNode(cacheme.Node[str], frozen=True):
+    rank: int
+
+    def key(self) -> str:
+        return f"rank:{self.rank}"
+
+    async def load(self) -> str:
+        return f"#{self.rank}"
+
+    class Meta(cacheme.Node.Meta):
+        version = "v1"
+        caches = [cacheme.Cache(storage="typed-local", ttl=None)]
+
+
 async def label_of(node: ScoreNode) -> str:
     return f"label of {node.player}"
 
@@ -84,6 +100,15 @@ async def test_get_get_all_and_refresh_are_typed_by_load(typed_local: str) -> No
     refreshed = await cacheme.refresh(ScoreNode(player="dee"))
     assert_type(refreshed, int)
     assert refreshed == 3
+
+
+async def test_a_node_may_state_its_value_type(typed_local: str) -> None:
+    rank = await cacheme.get(RankNode(rank=2))
+    assert_type(rank, str)
+    assert rank == "#2"
+    assert_type(await cacheme.get_all([RankNode(rank=1)]), list[str])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        RankNode(rank=1).rank = 3  # type: ignore[misc]
 
 
 async def test_get_with_load_fn_is_typed_by_load_fn(typed_local: str) -> None:

@@ -13,9 +13,9 @@ import difflib
 import weakref
 from collections.abc import Awaitable, Sequence
 from datetime import timedelta
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol
 
-from typing_extensions import dataclass_transform
+from typing_extensions import TypeVar, dataclass_transform
 
 from cacheme.doorkeeper import DoorKeeper
 from cacheme.errors import InvalidKeyError, NodeDefinitionError
@@ -66,6 +66,9 @@ class Cache:
 
 
 R_co = TypeVar("R_co", covariant=True)
+# The value type a node may state, as cacheme 0.3.0 allowed: ``class UserNode(cacheme.Node[User])``.
+# ``Node`` alone is ``Node[Any]`` (no "missing type parameters" under mypy --strict).
+T = TypeVar("T", default=Any)
 
 
 class Loadable(Protocol[R_co]):
@@ -89,6 +92,14 @@ _node_classes: list[weakref.ref[type[Node]]] = []
 META_OPTIONS = ("version", "caches", "serializer", "doorkeeper")
 
 
+# Attributes of earlier versions' Meta, which cacheme 0.3.0 ignored silently.
+_OLD_META_HINTS = {
+    "storage": " (cacheme 0.2's single storage, ignored since 0.3.0: list the tiers in "
+    "caches = [cacheme.Cache(storage=..., ttl=...)] and delete this line)",
+    "metrics": " (set by cacheme, not by you: read the counters with cacheme.stats(NodeClass))",
+}
+
+
 def _check_meta_names(meta: type, name: str) -> None:
     for klass in meta.__mro__:
         if klass is Node.Meta or klass is object:
@@ -97,7 +108,7 @@ def _check_meta_names(meta: type, name: str) -> None:
             if attribute.startswith("_") or attribute in META_OPTIONS:
                 continue
             close = difflib.get_close_matches(attribute, META_OPTIONS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = _OLD_META_HINTS.get(attribute) or (f" (did you mean {close[0]!r}?)" if close else "")
             raise NodeDefinitionError(
                 f"{name}.Meta has an attribute cacheme does not know: {attribute!r}{hint}. "
                 f"A Meta may set: {', '.join(META_OPTIONS)}"
@@ -123,12 +134,14 @@ def _check_meta(cls: type[Node]) -> None:
 
 
 @dataclass_transform()
-class Node:
+class Node(Generic[T]):
     """Subclass it, give it fields, ``key()``, ``async load()`` and a ``Meta``.
 
     Subclasses become dataclasses; dataclass options go in the class line,
     e.g. ``class UserNode(cacheme.Node, frozen=True)``. A plain explicit
-    ``@dataclass`` decorator also works.
+    ``@dataclass`` decorator also works. The value type may be stated, as in
+    cacheme 0.3.0 (``cacheme.Node[User]``); type checkers take it from
+    ``load``'s return annotation anyway.
     """
 
     class Meta:
@@ -164,13 +177,13 @@ class Node:
     def key(self) -> str:
         raise NotImplementedError(f"{type(self).__qualname__} must define key(self) -> str")
 
-    async def load(self) -> Any:
+    async def load(self) -> T:
         raise NotImplementedError(
             f"{type(self).__qualname__} must define async load(self), or be used through Memoize"
         )
 
     @classmethod
-    async def load_all(cls, nodes: Sequence[Node]) -> Sequence[Any]:
+    async def load_all(cls, nodes: Sequence[Node[Any]]) -> Sequence[Any]:
         """Load many nodes at once; return their values in the same order.
 
         The default awaits ``load()`` of each node concurrently. Override it

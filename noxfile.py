@@ -155,10 +155,13 @@ def bench(session: nox.Session) -> None:
     """The seed benchmarks against aiocache, cashews and cacheme 0.3.0 (writes benchmarks/RESULTS.md).
 
     Not run by CI. Arguments go to benchmarks/run.py, e.g. ``nox -s bench -- --quick``;
-    ``nox -s bench -- outage [--rounds 3]`` runs benchmarks/outage.py (Redis failing) instead.
+    ``nox -s bench -- outage [--rounds 3]`` runs benchmarks/outage.py (Redis failing) instead;
+    ``nox -s bench -- storm [--rounds 3]`` runs benchmarks/storm.py (one hot key at its expiry).
     """
     install(session, "newest", "cacheme-core", "cacheme-local", "cacheme-redis[hiredis]")
     if session.posargs[:1] == ["outage"]:
         session.run("python", "benchmarks/outage.py", *session.posargs[1:])
+    elif session.posargs[:1] == ["storm"]:
+        session.run("python", "benchmarks/storm.py", *session.posargs[1:])
     else:
         session.run("python", "benchmarks/run.py", *session.posargs)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 from typing import Any
 
 import cacheme
+from cacheme.entry import Entry
 
 
 def chain_node(caches: list[cacheme.Cache], version: str = "v1") -> Any:
@@ -41,22 +43,22 @@ async def test_a_miss_loads_and_writes_every_tier(local: str, local2: str) -> No
     assert await cacheme.get(node) == {"id": 1, "load": 1}
     key = node.full_key()
     assert key == "cacheme:chained:1:v1"
-    assert storage(local).get_sync(key) == {"id": 1, "load": 1}
-    assert storage(local2).get_sync(key) == {"id": 1, "load": 1}
+    assert storage(local).get_sync(key).value == {"id": 1, "load": 1}
+    assert storage(local2).get_sync(key).value == {"id": 1, "load": 1}
 
 
 async def test_a_hit_in_the_second_tier_back_fills_the_first(local: str, local2: str) -> None:
     node_class = chain_node([cacheme.Cache(local, None), cacheme.Cache(local2, None)])
     node = node_class(id=2)
-    storage(local2).set_sync(node.full_key(), "from-second", None)
+    storage(local2).set_sync(node.full_key(), Entry("from-second", time.time(), 0.0, None), None)
     assert await cacheme.get(node) == "from-second"
-    assert storage(local).get_sync(node.full_key()) == "from-second"
+    assert storage(local).get_sync(node.full_key()).value == "from-second"
     assert node_class.loads == 0
     # get_all back-fills the same way.
     other = node_class(id=3)
-    storage(local2).set_sync(other.full_key(), "second-3", None)
+    storage(local2).set_sync(other.full_key(), Entry("second-3", time.time(), 0.0, None), None)
     assert await cacheme.get_all([other, node]) == ["second-3", "from-second"]
-    assert storage(local).get_sync(other.full_key()) == "second-3"
+    assert storage(local).get_sync(other.full_key()).value == "second-3"
     assert cacheme.stats(node_class).hit_count() == 3
 
 
@@ -111,8 +113,8 @@ async def test_refresh_loads_and_overwrites_every_tier(local: str, local2: str) 
     node = node_class(id=7)
     await cacheme.get(node)
     assert await cacheme.refresh(node) == {"id": 7, "load": 2}
-    assert storage(local).get_sync(node.full_key()) == {"id": 7, "load": 2}
-    assert storage(local2).get_sync(node.full_key()) == {"id": 7, "load": 2}
+    assert storage(local).get_sync(node.full_key()).value == {"id": 7, "load": 2}
+    assert storage(local2).get_sync(node.full_key()).value == {"id": 7, "load": 2}
     assert await cacheme.get(node) == {"id": 7, "load": 2}
 
 

@@ -80,7 +80,7 @@ async def test_a_get_of_a_gets_its_value_when_only_b_fails_in_the_same_get_all(l
     assert metrics.total_load_time() > 0
 
     # A was cached: no second load.
-    assert storage(local).get_sync(part(id=1).full_key()) == "value-1"
+    assert storage(local).get_sync(part(id=1).full_key()).value == "value-1"
     assert await cacheme.get(part(id=1)) == "value-1"
     assert await cacheme.get_all([part(id=1)]) == ["value-1"]
     assert sorted(part.loads) == [1, 2]

@@ -148,7 +148,9 @@ async def test_a_third_party_storage_is_found_and_used(
     try:
         assert await cacheme.get(Thing(id=1)) == "thing-1"
         assert await cacheme.get(Thing(id=1)) == "thing-1"
-        assert storage.data == {"cacheme:thing:1:v1": "thing-1"}  # type: ignore[attr-defined]
+        data = storage.data  # type: ignore[attr-defined]
+        assert list(data) == ["cacheme:thing:1:v1"]
+        assert data["cacheme:thing:1:v1"].value == "thing-1"  # an Entry: the value and its age
         assert cacheme.stats(Thing).hit_count() == 1
     finally:
         await cacheme.unregister_storage("dict")

@@ -93,7 +93,7 @@ async def test_a_hit_in_the_last_tier_back_fills_every_tier_before_it(
     await written_back()
     assert again == first and isinstance(again, Account)
     assert await redis.get(key) is not None
-    assert await local.get(key) == first
+    assert (await local.get(key)).value == first
     assert node_class.loads == 1
     # get_all back-fills the same way, in batch.
     others = [node_class(id=uuid.uuid4()) for _ in range(5)]
@@ -158,5 +158,5 @@ async def test_a_local_tier_behind_a_remote_one_answers_and_back_fills_it(
     assert await cacheme.get(nodes[0]) == values[0]
     await written_back()
     assert len(await redis.get_many([node.full_key() for node in nodes])) == 5
-    assert await local.get(nodes[0].full_key()) == values[0]
+    assert (await local.get(nodes[0].full_key())).value == values[0]
     assert node_class.loads == 5

@@ -16,8 +16,10 @@ import logging
 import time
 import typing
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from cacheme.entry import Entry, copy_expiry, pack, unpack
 from cacheme.health import within
 from cacheme.storage import MISSING, BaseStorage, LocalStorage
 
@@ -46,12 +48,15 @@ ERROR_REPR_LIMIT = 500
 
 
 class Tier:
-    __slots__ = ("local", "name", "storage", "ttl")
+    """One tier of a node's chain: its storage's name, the storage, its ttl (and in seconds)."""
 
-    def __init__(self, name: str, storage: BaseStorage, ttl: Any) -> None:
+    __slots__ = ("local", "name", "seconds", "storage", "ttl")
+
+    def __init__(self, name: str, storage: BaseStorage, ttl: timedelta | None) -> None:
         self.name = name
         self.storage = storage
         self.ttl = ttl
+        self.seconds = None if ttl is None else ttl.total_seconds()
         self.local = storage.is_local
 
 
@@ -100,27 +105,66 @@ def _decode(config: NodeConfig, raw: bytes) -> Any:
     return value
 
 
-def decode_found(config: NodeConfig, tier: Tier, raws: Mapping[str, bytes]) -> dict[str, Any]:
-    """``{key: value}`` of the bytes a remote tier returned; bytes that do not decode are misses."""
-    found: dict[str, Any] = {}
+def decode_found(
+    config: NodeConfig, tier: Tier, raws: Mapping[str, bytes]
+) -> tuple[dict[str, Entry], dict[str, bytes]]:
+    """The entries in the bytes a remote tier returned, and the serialized value of each.
+
+    Bytes that do not decode (or carry a header this version does not read)
+    are counted misses.
+    """
+    entries: dict[str, Entry] = {}
+    bodies: dict[str, bytes] = {}
     for key, raw in raws.items():
         try:
-            found[key] = _decode(config, raw)
+            loaded_at, load_time, expires_at, body = unpack(raw)
+            value = _decode(config, body)
         except Exception as error:
             storage_failed(config, tier, "read", error)
-    return found
+            continue
+        entries[key] = Entry(value, loaded_at, load_time, expires_at)
+        bodies[key] = body
+    return entries, bodies
 
 
-def write_local(config: NodeConfig, tiers: Sequence[Tier], values: Mapping[str, Any]) -> None:
-    """Write ``values`` into the local tiers among ``tiers`` (at once, no await); failures are counted."""
+def _copy_for(tier: Tier, entry: Entry, now: float, stale: float) -> tuple[Entry, timedelta | None] | None:
+    """The copy of ``entry`` that ``tier`` gets now and the ttl to write it with (its remaining
+    life, plus ``stale`` seconds kept for stale_if_error); None when it has no life left."""
+    expires_at = copy_expiry(entry, tier.seconds, now)
+    if expires_at is None:
+        return entry, None
+    remaining = expires_at - now
+    if remaining <= 0:
+        return None
+    copy = entry
+    if expires_at != entry.expires_at:
+        copy = Entry(entry.value, entry.loaded_at, entry.load_time, expires_at)
+    seconds = remaining + stale
+    return copy, (timedelta.max if seconds >= _LONGEST else timedelta(seconds=seconds))
+
+
+# The longest ttl a timedelta holds (less a second, for float rounding): ``timedelta.max`` means "for ever".
+_LONGEST = timedelta.max.total_seconds() - 1
+
+
+def write_local(config: NodeConfig, tiers: Sequence[Tier], entries: Mapping[str, Entry]) -> None:
+    """Write ``entries`` into the local tiers among ``tiers`` (at once, no await); failures are counted.
+
+    Each copy expires no later than the entry it comes from, nor than the
+    tier's ttl counted from the entry's load.
+    """
+    now = time.time()
+    stale = config.stale_seconds
     for tier in tiers:
         if tier.local:
             local = typing.cast(LocalStorage, tier.storage)
             try:
-                for key, value in values.items():
-                    local.set_sync(key, value, tier.ttl)
+                for key, entry in entries.items():
+                    copy = _copy_for(tier, entry, now, stale)
+                    if copy is not None:
+                        local.set_sync(key, copy[0], copy[1])
             except Exception as error:
-                storage_failed(config, tier, "write", error, len(values))
+                storage_failed(config, tier, "write", error, len(entries))
 
 
 def local_read_failed(config: NodeConfig, index: int, error: Exception) -> Any:
@@ -132,48 +176,78 @@ def local_read_failed(config: NodeConfig, index: int, error: Exception) -> Any:
 async def write_remotes(
     config: NodeConfig,
     tiers: Sequence[Tier],
-    values: Mapping[str, Any],
-    encoded: Mapping[str, bytes] | None = None,
+    entries: Mapping[str, Entry],
+    bodies: Mapping[str, bytes] | None = None,
     *,
     write_back: bool = True,
 ) -> None:
-    """Write ``values`` into the remote tiers among ``tiers``, concurrently.
+    """Write ``entries`` into the remote tiers among ``tiers``, concurrently.
 
-    ``encoded`` holds bytes already read for some keys, written as they are.
-    A ``write_back`` (a fetch's, whose callers were answered already) is not
-    given up when its task is cancelled: see ``write_remote``.
+    ``bodies`` holds serialized values already read for some keys, written as
+    they are (behind a new header). A ``write_back`` (a fetch's, whose callers
+    were answered already) is not given up when its task is cancelled: see
+    ``write_remote``.
     """
     remote = [tier for tier in tiers if not tier.local]
-    if not remote or not values:
+    if not remote or not entries:
         return
-    payload: dict[str, bytes] = {}
+    serialized: dict[str, bytes] = {}
     assert config.serializer is not None
-    for key, value in values.items():
-        raw = encoded.get(key) if encoded is not None else None
-        if raw is None:
+    for key, entry in entries.items():
+        body = bodies.get(key) if bodies is not None else None
+        if body is None:
             try:
-                raw = config.serializer.dumps(value)
+                body = config.serializer.dumps(entry.value)
             except Exception as error:
                 storage_failed(config, remote[0], "write", error)
                 continue
-        payload[key] = raw
-    if not payload:
+        serialized[key] = body
+    if not serialized:
         return
-    if len(remote) == 1:
-        await _write_remote(config, remote[0], payload, write_back)
+    now = time.time()
+    writes = []
+    for tier in remote:
+        payload, ttl = _payload(config, tier, entries, serialized, now)
+        if payload:
+            writes.append(_write_remote(config, tier, payload, ttl, write_back))
+    if len(writes) == 1:
+        await writes[0]
         return
-    writes = asyncio.gather(*(_write_remote(config, tier, payload, write_back) for tier in remote))
+    together = asyncio.gather(*writes)
     try:
-        await asyncio.shield(writes)
+        await asyncio.shield(together)
     except asyncio.CancelledError:
         if not write_back:
             raise
         _uncancel_current_task()
-        await writes  # each write finishes (or is sent again) by itself
+        await together  # each write finishes (or is sent again) by itself
+
+
+def _payload(
+    config: NodeConfig, tier: Tier, entries: Mapping[str, Entry], bodies: Mapping[str, bytes], now: float
+) -> tuple[dict[str, bytes], timedelta | None]:
+    """What ``tier`` gets: each key's header and body, and one ttl for the batch.
+
+    A storage writes a batch with one ttl: the shortest remaining life among
+    the keys (so that none lives longer than its entry; some less).
+    """
+    payload: dict[str, bytes] = {}
+    shortest: timedelta | None = None
+    stale = config.stale_seconds
+    for key, body in bodies.items():
+        entry = entries[key]
+        copy = _copy_for(tier, entry, now, stale)
+        if copy is None:
+            continue
+        payload[key] = pack(entry, copy[0].expires_at, body)
+        ttl = copy[1]
+        if ttl is not None and (shortest is None or ttl < shortest):
+            shortest = ttl
+    return payload, shortest
 
 
 async def _write_remote(
-    config: NodeConfig, tier: Tier, payload: Mapping[str, bytes], write_back: bool
+    config: NodeConfig, tier: Tier, payload: Mapping[str, bytes], ttl: timedelta | None, write_back: bool
 ) -> None:
     """Write ``payload`` into one remote tier; a failure is counted and logged, never raised.
 
@@ -183,12 +257,12 @@ async def _write_remote(
     The loop's shutdown waits for it; the fetch then ends normally.
     """
     try:
-        await _send(config, tier, payload)
+        await _send(config, tier, payload, ttl)
     except asyncio.CancelledError:
         if not write_back:
             raise
         _uncancel_current_task()
-        await _send(config, tier, payload)
+        await _send(config, tier, payload, ttl)
 
 
 def _uncancel_current_task() -> None:
@@ -199,7 +273,7 @@ def _uncancel_current_task() -> None:
         uncancel()
 
 
-async def _send(config: NodeConfig, tier: Tier, payload: Mapping[str, bytes]) -> None:
+async def _send(config: NodeConfig, tier: Tier, payload: Mapping[str, bytes], ttl: timedelta | None) -> None:
     """One write of ``payload`` to ``tier``, under the storage's write deadline and breaker.
 
     Skipped while the breaker is open; a failure (or the deadline) is counted,
@@ -212,9 +286,9 @@ async def _send(config: NodeConfig, tier: Tier, payload: Mapping[str, bytes]) ->
     try:
         if len(payload) == 1:
             ((key, raw),) = payload.items()
-            await within(storage.health.write_timeout, storage.set(key, raw, tier.ttl))
+            await within(storage.health.write_timeout, storage.set(key, raw, ttl))
         else:
-            await within(storage.health.write_timeout, storage.set_many(payload, tier.ttl))
+            await within(storage.health.write_timeout, storage.set_many(payload, ttl))
     except Exception as error:
         _feed_failure(storage)
         storage_failed(config, tier, "write", error, len(payload))

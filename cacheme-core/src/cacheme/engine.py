@@ -10,124 +10,25 @@ A loader's own exception is the caller's.
 from __future__ import annotations
 
 import asyncio
-import logging
 import typing
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-import pydantic
-
 from cacheme import registry, singleflight
-from cacheme.chain import Tier, delete, local_read_failed, write_local, write_remotes
-from cacheme.doorkeeper import DoorKeeper
-from cacheme.errors import NodeDefinitionError
-from cacheme.fetch import Loader, fetch_many, in_order, load_one, want
+from cacheme.chain import delete, local_read_failed, write_local, write_remotes
+from cacheme.config import NodeConfig, configure, not_a_node
+from cacheme.entry import Entry
+from cacheme.fetch import Loader, answers, fetch_many, in_order, load_one, want
 from cacheme.node import Loadable, Node
-from cacheme.serializer import MsgPackSerializer, Serializer
 from cacheme.stats import Metrics
-from cacheme.storage import MISSING, LocalStorage
+from cacheme.storage import MISSING
 
 __all__ = ["get", "get_all", "invalidate", "refresh", "stats", "NodeConfig"]
-
-logger = logging.getLogger("cacheme")
 
 _changing = singleflight.changing  # see fetch._changing
 
 R = TypeVar("R")
 N = TypeVar("N", bound=Node)
-
-
-class NodeConfig:
-    """A node class's Meta, resolved against the registered storages."""
-
-    __slots__ = (
-        "adapter",
-        "doorkeeper",
-        "first_local",
-        "generation",
-        "leading_locals",
-        "local_prefix",
-        "metrics",
-        "node_class",
-        "own_load_all",
-        "serializer",
-        "tiers",
-    )
-
-    def __init__(self, node_class: type[Node]) -> None:
-        meta = node_class.Meta
-        name = node_class.__qualname__
-        if not meta.caches:
-            raise NodeDefinitionError(f"{name}.Meta.caches is empty: list at least one cacheme.Cache")
-        if node_class.key is Node.key:
-            raise NodeDefinitionError(f"{name} must define key(self) -> str")
-        self.node_class = node_class
-        self.metrics: Metrics = node_class._cacheme_metrics
-        self.generation = registry.generation()
-        self.tiers = [Tier(c.storage, registry.lookup(c.storage, name), c.ttl) for c in meta.caches]
-        first = self.tiers[0].storage
-        self.first_local: LocalStorage | None = first if isinstance(first, LocalStorage) else None
-        # The local tiers at the head of the chain, read synchronously before any await.
-        self.leading_locals: list[tuple[LocalStorage, Any]] = []
-        for tier in self.tiers:
-            if not isinstance(tier.storage, LocalStorage):
-                break
-            self.leading_locals.append((tier.storage, tier.ttl))
-        self.local_prefix = len(self.leading_locals)
-        serializer: Serializer | None = meta.serializer
-        if serializer is None and any(not tier.local for tier in self.tiers):
-            serializer = MsgPackSerializer()
-        self.serializer = serializer
-        self.doorkeeper: DoorKeeper | None = meta.doorkeeper
-        self.adapter = _return_adapter(node_class, serializer)
-        # Whether get_all loads with the class's own load_all (one batch, one outcome) rather
-        # than each node's load() on its own (see fetch_many).
-        self.own_load_all = _defines_load_all(node_class)
-
-
-def _defines_load_all(node_class: type[Node]) -> bool:
-    """Whether ``node_class`` or a base class other than ``Node`` defines ``load_all``."""
-    for klass in node_class.__mro__:
-        if "load_all" in klass.__dict__:
-            return klass is not Node
-    return False
-
-
-def _return_adapter(
-    node_class: type[Node], serializer: Serializer | None
-) -> pydantic.TypeAdapter[Any] | None:
-    """What turns plain data read back by JSON/MsgPack into the loader's return type."""
-    if serializer is None or serializer.restores_types:
-        return None
-    source: Any = node_class.load
-    if source is Node.load:
-        # Memoize's function, on this class or (to_node returning a subclass) a base class.
-        source = getattr(node_class, "_cacheme_memoized", None)
-        if source is None:
-            return None
-    try:
-        hint = typing.get_type_hints(source).get("return")
-    except Exception:
-        logger.warning("cacheme: cannot resolve the return annotation of %r; values stay plain", source)
-        return None
-    if hint is None or hint is Any or hint is object:
-        return None
-    return pydantic.TypeAdapter(hint)
-
-
-def _not_a_node(function: str, given: object) -> TypeError:
-    return TypeError(f"cacheme.{function} takes cacheme.Node instances, got {given!r}")
-
-
-def configure(node_class: type[Node]) -> NodeConfig:
-    """The node class's resolved config, rebuilt when storages were (re)registered."""
-    if not (isinstance(node_class, type) and issubclass(node_class, Node)):
-        raise _not_a_node("this function", node_class)
-    config: NodeConfig | None = node_class.__dict__.get("_cacheme_config")
-    if config is None or config.generation != registry._generation:
-        config = NodeConfig(node_class)
-        node_class._cacheme_config = config
-    return config
 
 
 # ---------------------------------------------------------------- public API
@@ -151,26 +52,31 @@ async def get(node: Any, load_fn: Loader | None = None) -> Any:
     try:
         config: NodeConfig | None = node._cacheme_config
     except AttributeError:
-        raise _not_a_node("get", node) from None
+        raise not_a_node("get", node) from None
     if config is None or config.generation != registry._generation:
         config = configure(type(node))
     key = node.full_key()
     metrics = config.metrics
     metrics._requests += 1
+    expired: Entry | None = None  # an entry of the local tiers that only stale_if_error may serve
     first = config.first_local
     if first is not None:
         try:
-            value = first.get_sync(key)
+            entry = first.get_sync(key)
         except Exception as error:
-            value = local_read_failed(config, 0, error)
-        if value is not MISSING:
-            metrics._hits += 1
-            return value
-        if config.local_prefix > 1:
-            value = _read_leading_locals(config, key, 1)
-            if value is not MISSING:
+            entry = local_read_failed(config, 0, error)
+        if entry is not MISSING:
+            if config.policy is None or answers(config, key, node, load_fn, entry):
                 metrics._hits += 1
-                return value
+                return entry.value
+            expired = entry
+        if config.local_prefix > 1:
+            entry = _read_leading_locals(config, key, 1)
+            if entry is not MISSING:
+                if config.policy is None or answers(config, key, node, load_fn, entry):
+                    metrics._hits += 1
+                    return entry.value
+                expired = entry
     table = singleflight.table()
     flight = table.flights.get(key)
     if flight is None:
@@ -179,6 +85,8 @@ async def get(node: Any, load_fn: Loader | None = None) -> Any:
         # Fetched already, being written back: this request caused no load.
         metrics._hits += 1
         return flight.outcome[0]
+    if expired is not None:
+        flight.offer_fallback(expired)
     value, from_cache = await flight.wait()
     if from_cache:
         metrics._hits += 1
@@ -186,16 +94,16 @@ async def get(node: Any, load_fn: Loader | None = None) -> Any:
 
 
 def _read_leading_locals(config: NodeConfig, key: str, start: int) -> Any:
-    """The key's value from the leading local tiers (from ``start``), back-filling those before it."""
+    """The key's entry in the leading local tiers (from ``start``), back-filling those before it."""
     leading = config.leading_locals
     for index in range(start, len(leading)):
         try:
-            value = leading[index][0].get_sync(key)
+            entry = leading[index][0].get_sync(key)
         except Exception as error:
-            value = local_read_failed(config, index, error)
-        if value is not MISSING:
-            write_local(config, config.tiers[:index], {key: value})
-            return value
+            entry = local_read_failed(config, index, error)
+        if entry is not MISSING:
+            write_local(config, config.tiers[:index], {key: entry})
+            return entry
     return MISSING
 
 
@@ -213,14 +121,16 @@ async def get_all(nodes: Sequence[Loadable[R]]) -> list[R]:
     try:
         config: NodeConfig | None = node_class._cacheme_config
     except AttributeError:
-        raise _not_a_node("get_all", members[0]) from None
+        raise not_a_node("get_all", members[0]) from None
     if config is None or config.generation != registry._generation:
         config = configure(node_class)
     keys: list[str] = []
     results: dict[str, Any] = {}  # the answers known so far
     missing: dict[str, Node] = {}  # the keys no leading local tier has
+    expired: dict[str, Entry] = {}  # entries of the local tiers that only stale_if_error may serve
     first = config.first_local
     deeper = config.local_prefix > 1
+    policy = config.policy
     for node in members:
         if type(node) is not node_class:
             raise TypeError(
@@ -231,17 +141,20 @@ async def get_all(nodes: Sequence[Loadable[R]]) -> list[R]:
         keys.append(key)
         if first is None:
             missing[key] = node
-        elif key not in results:
+        elif key not in results and key not in missing:
             try:
-                value = first.get_sync(key)
+                entry = first.get_sync(key)
             except Exception as error:
-                value = local_read_failed(config, 0, error)
-            if value is MISSING and deeper:
-                value = _read_leading_locals(config, key, 1)
-            if value is MISSING:
+                entry = local_read_failed(config, 0, error)
+            if entry is MISSING and deeper:
+                entry = _read_leading_locals(config, key, 1)
+            if entry is MISSING:
                 missing[key] = node
+            elif policy is None or answers(config, key, node, None, entry):
+                results[key] = entry.value
             else:
-                results[key] = value
+                missing[key] = node
+                expired[key] = entry
     metrics = config.metrics
     metrics._requests += len(nodes)
     if not missing:
@@ -268,6 +181,8 @@ async def get_all(nodes: Sequence[Loadable[R]]) -> list[R]:
             hit_keys.add(key)
         else:
             waiting[key] = flight
+        if expired and key in expired:
+            flight.offer_fallback(expired[key])
     for key, flight in waiting.items():
         value, from_cache = flight.outcome or await flight.wait()
         results[key] = value
@@ -324,11 +239,12 @@ async def refresh(node: Loadable[R]) -> R:
     racing = singleflight.begin_change(key)
     try:
         await _settle(racing)
-        value: R = await load_one(config, typing.cast(Node, node), None)
-        write_local(config, config.tiers, {key: value})
-        await write_remotes(config, config.tiers, {key: value}, write_back=False)
+        entry = await load_one(config, typing.cast(Node, node), None)
+        write_local(config, config.tiers, {key: entry})
+        await write_remotes(config, config.tiers, {key: entry}, write_back=False)
     finally:
         singleflight.end_change(key)
+    value: R = entry.value
     return value
 
 

@@ -12,20 +12,33 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import random
 import time
 import typing
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cacheme import singleflight
-from cacheme.chain import decode_found, read_remote, storage_failed, write_local, write_remotes
+from cacheme.chain import (
+    ERROR_LOG_INTERVAL,
+    decode_found,
+    read_remote,
+    storage_failed,
+    write_local,
+    write_remotes,
+)
+from cacheme.entry import Entry
 from cacheme.node import Node
+from cacheme.refresh import Verdict, judge, stale_usable
 from cacheme.storage import LocalStorage
 
 if TYPE_CHECKING:
-    from cacheme.engine import NodeConfig
+    from cacheme.config import NodeConfig
 
-__all__ = ["Loader", "fetch_many", "load_one", "want"]
+__all__ = ["Loader", "answers", "fetch_many", "load_one", "renew", "want"]
+
+logger = logging.getLogger("cacheme")
 
 # A source used instead of ``node.load()``: called with the node (``get(node, load_fn)``, Memoize).
 Loader = Callable[[Any], Awaitable[Any]]
@@ -47,7 +60,8 @@ def _admitted(config: NodeConfig, key: str) -> bool:
 # ---------------------------------------------------------------- loading
 
 
-async def load_one(config: NodeConfig, node: Node, load: Loader | None) -> Any:
+async def load_one(config: NodeConfig, node: Node, load: Loader | None) -> Entry:
+    """The node's value from its source, as a fresh entry (loaded now, with its load time)."""
     metrics = config.metrics
     started = time.perf_counter_ns()
     try:
@@ -56,9 +70,10 @@ async def load_one(config: NodeConfig, node: Node, load: Loader | None) -> Any:
         metrics._load_failures += 1
         metrics._load_time_ns += time.perf_counter_ns() - started
         raise
+    elapsed = time.perf_counter_ns() - started
     metrics._load_successes += 1
-    metrics._load_time_ns += time.perf_counter_ns() - started
-    return value
+    metrics._load_time_ns += elapsed
+    return Entry(value, time.time(), elapsed / 1e9, None)
 
 
 def values_in_order(node_class: type[Node], nodes: Sequence[Node], returned: object) -> list[Any]:
@@ -111,7 +126,8 @@ def _values_by_key(name: str, nodes: Sequence[Node], pairs: Iterable[tuple[Node,
     return [by_key[node.full_key()] for node in nodes]
 
 
-async def _load_many(config: NodeConfig, nodes: Sequence[Node]) -> Sequence[Any]:
+async def _load_many(config: NodeConfig, nodes: Sequence[Node]) -> list[Entry]:
+    """The nodes' values from the class's ``load_all``, as fresh entries (the batch's time each)."""
     metrics = config.metrics
     started = time.perf_counter_ns()
     try:
@@ -120,30 +136,128 @@ async def _load_many(config: NodeConfig, nodes: Sequence[Node]) -> Sequence[Any]
         metrics._load_failures += len(nodes)
         metrics._load_time_ns += time.perf_counter_ns() - started
         raise
+    elapsed = time.perf_counter_ns() - started
     metrics._load_successes += len(nodes)
-    metrics._load_time_ns += time.perf_counter_ns() - started
-    return values
+    metrics._load_time_ns += elapsed
+    return _fresh_entries(values, time.time(), elapsed / 1e9)
+
+
+def _fresh_entries(values: list[Any], loaded_at: float, load_time: float) -> list[Entry]:
+    return [Entry(value, loaded_at, load_time, None) for value in values]
+
+
+# ---------------------------------------------------------------- refresh-ahead and stale-if-error
+
+
+def answers(config: NodeConfig, key: str, node: Node, load: Loader | None, entry: Entry) -> bool:
+    """Whether ``entry``, found for ``key`` in a tier, answers a request under the node's policy.
+
+    An entry due for renewal answers, and its background reload starts; an
+    expired one (kept for stale_if_error) does not.
+    """
+    assert config.policy is not None
+    verdict = judge(config.policy, entry, time.time(), random.random)
+    if verdict is Verdict.FRESH:
+        return True
+    if verdict is Verdict.RENEW:
+        renew(singleflight.table(), config, key, node, load, entry)
+        return True
+    return False
+
+
+def renew(
+    table: singleflight.FlightTable,
+    config: NodeConfig,
+    key: str,
+    node: Node,
+    load: Loader | None,
+    entry: Entry,
+) -> None:
+    """Reload ``key`` in the background and rewrite every tier, unless the key is being fetched.
+
+    The reload is a flight of the key: requests that miss meanwhile wait for
+    it. Its failure is logged and counted, never raised; ``entry`` answers
+    whoever waits on it then.
+    """
+    if key in table.flights:
+        return
+    flight = singleflight.Flight(source=(node, load))
+    flight.renewal = True
+    flight.fallback = entry
+    if _changing and key in _changing:
+        flight.stale = True
+    table.flights[key] = flight
+    config.metrics._refreshes += 1
+    flight.task = table.spawn(_load_and_write(table, config, key, flight))
+
+
+def _answer_stale(config: NodeConfig, flight: singleflight.Flight) -> bool:
+    """Answer a flight whose load failed with its fallback entry, if it may (stale_if_error)."""
+    entry = flight.fallback
+    if entry is None or flight.done:
+        return False
+    policy = config.policy
+    if not stale_usable(entry, time.time(), None if policy is None else policy.stale_if_error):
+        return False
+    flight.resolve(entry.value, True)
+    config.metrics._stale += 1
+    return True
+
+
+_renewal_logged: dict[str, float] = {}
+
+
+def _renewal_failed(config: NodeConfig, key: str, error: BaseException) -> None:
+    """Count and log (at most once per ERROR_LOG_INTERVAL per node class) a failed background reload."""
+    config.metrics._refresh_failures += 1
+    name = config.node_class.__qualname__
+    now = time.monotonic()
+    if now - _renewal_logged.get(name, -ERROR_LOG_INTERVAL) >= ERROR_LOG_INTERVAL:
+        _renewal_logged[name] = now
+        logger.warning(
+            "cacheme: the background reload of %s %r failed: %r (the cached entry stays; repeats "
+            "within %.0fs are counted, not logged)",
+            name,
+            key,
+            error,
+            ERROR_LOG_INTERVAL,
+        )
 
 
 # ---------------------------------------------------------------- fetching (in tasks of their own)
 
 
-async def _read_remote_tiers(
-    config: NodeConfig, flights: Mapping[str, singleflight.Flight]
-) -> tuple[list[str], list[tuple[int, dict[str, Any], dict[str, bytes]]]]:
+class Backfill(NamedTuple):
+    """Entries found in tier ``found_in``, still to be written into the remote tiers before it."""
+
+    found_in: int
+    entries: dict[str, Entry]
+    bodies: dict[str, bytes]  # their serialized values, as read
+
+
+class Reading(NamedTuple):
+    """What reading the tiers after the leading local ones found."""
+
+    missing: list[str]  # the keys no tier has (or only expired)
+    backfills: list[Backfill]
+    due: list[tuple[str, Entry]]  # keys answered from a tier whose entry is due for renewal
+
+
+async def _read_remote_tiers(config: NodeConfig, flights: Mapping[str, singleflight.Flight]) -> Reading:
     """Read the tiers after the leading local ones, one batch per tier; failures are misses.
 
     Each key found is written into the local tiers before it, then resolved.
-    Returns the keys no tier has and the back-fills still to write remotely.
+    Under a refresh policy an expired entry is a miss kept as the flight's
+    fallback, and an entry due for renewal is listed in ``due``.
     """
     tiers = config.tiers
     remaining = list(flights)
-    backfills: list[tuple[int, dict[str, Any], dict[str, bytes]]] = []
+    reading = Reading([], [], [])
     for index in range(config.local_prefix, len(tiers)):
         if not remaining:
             break
         tier = tiers[index]
-        raws: dict[str, bytes] = {}
+        bodies: dict[str, bytes] = {}
         if tier.local:
             try:
                 found = typing.cast(LocalStorage, tier.storage).get_many_sync(remaining)
@@ -154,40 +268,62 @@ async def _read_remote_tiers(
             read = await read_remote(config, tier, remaining)
             if read is None:
                 continue
-            raws = read
-            found = decode_found(config, tier, raws)
+            found, bodies = decode_found(config, tier, read)
+        if config.policy is not None and found:
+            found = _judge_found(config, flights, found, reading.due)
         if not found:
             continue
         if index > 0:
-            _fill_before(config, index, flights, found, raws, backfills)
-        for key, value in found.items():
-            flights[key].resolve(value, True)
+            _fill_before(config, index, flights, found, bodies, reading.backfills)
+        for key, entry in found.items():
+            flights[key].resolve(entry.value, True)
         if len(found) == len(remaining):
-            return [], backfills
+            return reading
         remaining = list(itertools.filterfalse(found.__contains__, remaining))
-    return remaining, backfills
+    reading.missing.extend(remaining)
+    return reading
+
+
+def _judge_found(
+    config: NodeConfig,
+    flights: Mapping[str, singleflight.Flight],
+    found: dict[str, Entry],
+    due: list[tuple[str, Entry]],
+) -> dict[str, Entry]:
+    """The entries of ``found`` that answer their requests; expired ones become fallbacks, and
+    those due for renewal are listed in ``due``."""
+    assert config.policy is not None
+    now = time.time()
+    answering: dict[str, Entry] = {}
+    for key, entry in found.items():
+        verdict = judge(config.policy, entry, now, random.random)
+        if verdict is Verdict.EXPIRED:
+            flights[key].offer_fallback(entry)
+            continue
+        if verdict is Verdict.RENEW:
+            due.append((key, entry))
+        answering[key] = entry
+    return answering
 
 
 def _fill_before(
     config: NodeConfig,
     index: int,
     flights: Mapping[str, singleflight.Flight],
-    found: dict[str, Any],
-    raws: dict[str, bytes],
-    backfills: list[tuple[int, dict[str, Any], dict[str, bytes]]],
+    found: dict[str, Entry],
+    bodies: dict[str, bytes],
+    backfills: list[Backfill],
 ) -> None:
     """Write what tier ``index`` had into the local tiers before it; queue it for the remote ones."""
-    values = {key: value for key, value in found.items() if not flights[key].stale}
-    write_local(config, config.tiers[:index], values)
-    if values and index > config.local_prefix:
-        backfills.append((index, values, {key: raws[key] for key in values if key in raws}))
+    entries = {key: entry for key, entry in found.items() if not flights[key].stale}
+    write_local(config, config.tiers[:index], entries)
+    if entries and index > config.local_prefix:
+        backfills.append(Backfill(index, entries, {key: bodies[key] for key in entries if key in bodies}))
 
 
-async def _write_backfills(
-    config: NodeConfig, backfills: list[tuple[int, dict[str, Any], dict[str, bytes]]]
-) -> None:
-    for index, values, raws in backfills:
-        await write_remotes(config, config.tiers[:index], values, raws)
+async def _write_backfills(config: NodeConfig, backfills: list[Backfill]) -> None:
+    for backfill in backfills:
+        await write_remotes(config, config.tiers[: backfill.found_in], backfill.entries, backfill.bodies)
 
 
 def want(
@@ -218,37 +354,54 @@ async def _fetch_group(
     del table.groups[config]
     handed_over: set[str] = set()
     error: BaseException | None = None
+    due: list[tuple[str, Entry]] = []
     try:
-        missing, backfills = await _read_remote_tiers(config, group)
-        for key in missing:
+        reading = await _read_remote_tiers(config, group)
+        due = reading.due
+        for key in reading.missing:
             flight = group[key]
             flight.task = table.spawn(_load_and_write(table, config, key, flight))
             handed_over.add(key)
-        await _write_backfills(config, backfills)
+        await _write_backfills(config, reading.backfills)
     except BaseException as caught:  # delivered to every waiter by finish()
         error = caught
         if not isinstance(caught, Exception):
             raise
     finally:
         table.finish(((k, f) for k, f in group.items() if k not in handed_over), error)
+    for key, entry in due:
+        node, load = group[key].source
+        renew(table, config, key, node, load, entry)
 
 
 async def _load_and_write(
     table: singleflight.FlightTable, config: NodeConfig, key: str, flight: singleflight.Flight
 ) -> None:
-    """Load one key from its source, answer its waiters, write it into every tier."""
+    """Load one key from its source, answer its waiters, write it into every tier.
+
+    A failed load answers the waiters with the flight's fallback entry when
+    it may (stale_if_error), else with the error. A background reload's
+    failure is logged and counted.
+    """
     # The flight does not keep the node through the write-back (see fetch_many).
     (node, load), flight.source = flight.source, None
     error: BaseException | None = None
     try:
-        value = await load_one(config, node, load)
+        try:
+            entry = await load_one(config, node, load)
+        except Exception as caught:
+            if flight.renewal:
+                _renewal_failed(config, key, caught)
+            if (flight.renewal and flight.waiters is None) or not _answer_stale(config, flight):
+                error = caught  # no one waits on a failed background reload: it ends here
+            return
         del node, load
-        write = not flight.stale and _admitted(config, key)
+        write = not flight.stale and (flight.renewal or _admitted(config, key))
         if write:
-            write_local(config, config.tiers, {key: value})
-        flight.resolve(value, False)
+            write_local(config, config.tiers, {key: entry})
+        flight.resolve(entry.value, False)
         if write:
-            await write_remotes(config, config.tiers, {key: value})
+            await write_remotes(config, config.tiers, {key: entry})
     except BaseException as caught:
         error = caught
         if not isinstance(caught, Exception):
@@ -269,23 +422,27 @@ async def fetch_many(
     A node class with a ``load_all`` of its own loads the rest with one call,
     whose outcome is every key's. Otherwise each node is loaded by itself,
     concurrently, and each key gets its own outcome: one key's failure fails
-    only that key's waiters.
+    only that key's waiters. A key whose load fails is answered with its
+    fallback entry when it may (stale_if_error).
     """
     error: BaseException | None = None
+    due: list[tuple[str, Node, Entry]] = []
     try:
-        missing, backfills = await _read_remote_tiers(config, flights)
+        reading = await _read_remote_tiers(config, flights)
+        missing = reading.missing
         nodes = in_order(wanted, missing)
+        due = _due_nodes(reading.due, wanted)
         # Under load thousands of fetches wait for their write-back: holding the
         # caller's nodes until then only feeds the garbage collector.
         del wanted
-        loaded: dict[str, Any] = {}
+        loaded: dict[str, Entry] = {}
         if missing:
             if config.own_load_all:
-                error = await _load_batch(config, missing, nodes, flights, loaded)
+                await _load_batch(config, missing, nodes, flights, loaded)
             else:
                 await _load_each(config, missing, nodes, flights, loaded)
         del nodes
-        await _write_backfills(config, backfills)
+        await _write_backfills(config, reading.backfills)
         await write_remotes(config, config.tiers, loaded)
     except BaseException as caught:
         error = caught
@@ -293,6 +450,12 @@ async def fetch_many(
             raise
     finally:
         table.finish(flights.items(), error)
+    for key, node, entry in due:
+        renew(table, config, key, node, None, entry)
+
+
+def _due_nodes(due: list[tuple[str, Entry]], wanted: Mapping[str, Node]) -> list[tuple[str, Node, Entry]]:
+    return [(key, wanted[key], entry) for key, entry in due]
 
 
 async def _load_batch(
@@ -300,24 +463,28 @@ async def _load_batch(
     missing: list[str],
     nodes: list[Node],
     flights: Mapping[str, singleflight.Flight],
-    loaded: dict[str, Any],
-) -> Exception | None:
+    loaded: dict[str, Entry],
+) -> None:
     """Load ``nodes`` with the class's ``load_all``; resolve their flights and write the local tiers.
 
-    What the remote tiers are to get goes into ``loaded``. Returns the
-    exception of a failed ``load_all``: the caller fails every flight with it.
+    What the remote tiers are to get goes into ``loaded``. A failed
+    ``load_all`` fails every flight with its exception (each answered with
+    its fallback instead when it may).
     """
     try:
-        results = await _load_many(config, nodes)
+        entries = await _load_many(config, nodes)
     except Exception as caught:
-        return caught
-    for key, value in zip(missing, results, strict=True):
+        for key in missing:
+            flight = flights[key]
+            if not _answer_stale(config, flight):
+                flight.fail(caught)
+        return
+    for key, entry in zip(missing, entries, strict=True):
         if not flights[key].stale and _admitted(config, key):
-            loaded[key] = value
+            loaded[key] = entry
     write_local(config, config.tiers, loaded)
-    for key, value in zip(missing, results, strict=True):
-        flights[key].resolve(value, False)
-    return None
+    for key, entry in zip(missing, entries, strict=True):
+        flights[key].resolve(entry.value, False)
 
 
 async def _load_each(
@@ -325,31 +492,32 @@ async def _load_each(
     missing: list[str],
     nodes: list[Node],
     flights: Mapping[str, singleflight.Flight],
-    loaded: dict[str, Any],
+    loaded: dict[str, Entry],
 ) -> None:
     """Load each of ``nodes`` by itself, concurrently, each counted on its own; then answer each
     flight with its own outcome and write the local tiers.
 
     What the remote tiers are to get goes into ``loaded``. A load's exception
-    fails its own flight only.
+    fails its own flight only (answered with its fallback instead when it may).
     """
     if len(nodes) == 1:
         outcomes = [await _try_load(config, nodes[0])]
     else:
         outcomes = await asyncio.gather(*_try_loads(config, nodes))
-    for key, (value, error) in zip(missing, outcomes, strict=True):
-        if error is None and not flights[key].stale and _admitted(config, key):
-            loaded[key] = value
+    for key, (entry, _) in zip(missing, outcomes, strict=True):
+        if entry is not None and not flights[key].stale and _admitted(config, key):
+            loaded[key] = entry
     write_local(config, config.tiers, loaded)
-    for key, (value, error) in zip(missing, outcomes, strict=True):
-        if error is None:
-            flights[key].resolve(value, False)
-        else:
-            flights[key].fail(error)
+    for key, (entry, error) in zip(missing, outcomes, strict=True):
+        flight = flights[key]
+        if entry is not None:
+            flight.resolve(entry.value, False)
+        elif not _answer_stale(config, flight):
+            flight.fail(typing.cast(Exception, error))
 
 
-async def _try_load(config: NodeConfig, node: Node) -> tuple[Any, Exception | None]:
-    """``(value, None)`` from the node's source, or ``(None, its exception)``."""
+async def _try_load(config: NodeConfig, node: Node) -> tuple[Entry | None, Exception | None]:
+    """``(entry, None)`` from the node's source, or ``(None, its exception)``."""
     try:
         return await load_one(config, node, None), None
     except Exception as error:
@@ -358,7 +526,7 @@ async def _try_load(config: NodeConfig, node: Node) -> tuple[Any, Exception | No
 
 def _try_loads(
     config: NodeConfig, nodes: list[Node]
-) -> list[Coroutine[Any, Any, tuple[Any, Exception | None]]]:
+) -> list[Coroutine[Any, Any, tuple[Entry | None, Exception | None]]]:
     return [_try_load(config, node) for node in nodes]
 
 

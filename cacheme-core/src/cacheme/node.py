@@ -19,6 +19,7 @@ from typing_extensions import TypeVar, dataclass_transform
 
 from cacheme.doorkeeper import DoorKeeper
 from cacheme.errors import InvalidKeyError, NodeDefinitionError
+from cacheme.refresh import Policy
 from cacheme.serializer import Serializer
 from cacheme.stats import Metrics
 
@@ -89,7 +90,15 @@ _node_classes: list[weakref.ref[type[Node]]] = []
 
 # Every attribute a node's Meta may set. Anything else (``cache``, ``serialiser``,
 # an option of a later version) is a NodeDefinitionError, never silently ignored.
-META_OPTIONS = ("version", "caches", "serializer", "doorkeeper")
+META_OPTIONS = (
+    "version",
+    "caches",
+    "serializer",
+    "doorkeeper",
+    "refresh_after",
+    "early_refresh",
+    "stale_if_error",
+)
 
 
 # Attributes of earlier versions' Meta, which cacheme 0.3.0 ignored silently.
@@ -131,6 +140,7 @@ def _check_meta(cls: type[Node]) -> None:
     doorkeeper = meta.doorkeeper
     if doorkeeper is not None and not isinstance(doorkeeper, DoorKeeper):
         raise NodeDefinitionError(f"{name}.Meta.doorkeeper must have put(key) and contains(key)")
+    Policy.from_meta(meta, name)  # refresh_after, early_refresh, stale_if_error
 
 
 @dataclass_transform()
@@ -149,6 +159,12 @@ class Node(Generic[T]):
         caches: ClassVar[Sequence[Cache]] = []
         serializer: ClassVar[Serializer | None] = None
         doorkeeper: ClassVar[DoorKeeper | None] = None
+        # Serve an entry loaded longer ago than this and reload it in the background.
+        refresh_after: ClassVar[timedelta | None] = None
+        # XFetch's beta: serve and reload early, the likelier the nearer the expiry.
+        early_refresh: ClassVar[float | None] = None
+        # When a load fails, serve an entry expired less than this long ago instead.
+        stale_if_error: ClassVar[timedelta | None] = None
 
     # Whether subclasses are made dataclasses (DynamicNode has its own __init__).
     _cacheme_dataclass: ClassVar[bool] = True

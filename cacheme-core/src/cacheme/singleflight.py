@@ -22,10 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 import weakref
 from collections.abc import Coroutine, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cacheme.entry import Entry
 
 __all__ = [
     "Flight",
@@ -46,10 +50,12 @@ class Flight:
     fetch still answers its waiters but must not write what it fetched.
     ``task`` is the task doing the work for the key now. ``source`` is what
     the engine needs to load the key, if it loads it on its own; it is
-    dropped once the load has started.
+    dropped once the load has started. ``fallback`` is an entry that may
+    answer the waiters if the load fails (stale_if_error), ``renewal`` marks
+    a background reload of a key that was served from a tier.
     """
 
-    __slots__ = ("waiters", "outcome", "error", "stale", "task", "source")
+    __slots__ = ("waiters", "outcome", "error", "stale", "task", "source", "fallback", "renewal")
 
     def __init__(self, task: asyncio.Task[None] | None = None, source: Any = None) -> None:
         # Made on the first wait: most flights of a get_all are answered before anyone waits on them.
@@ -59,6 +65,8 @@ class Flight:
         self.stale = False
         self.task = task
         self.source = source
+        self.fallback: Entry | None = None
+        self.renewal = False
 
     @property
     def done(self) -> bool:
@@ -83,6 +91,12 @@ class Flight:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_exception(error)
+
+    def offer_fallback(self, entry: Entry) -> None:
+        """Keep ``entry`` as the answer to a failed load, unless one that expires later is kept."""
+        kept = self.fallback
+        if kept is None or (kept.expires_at is not None and (entry.expires_at or math.inf) > kept.expires_at):
+            self.fallback = entry
 
     def wait(self) -> asyncio.Future[tuple[Any, bool]]:
         """A future of the flight's ``(value, from_cache)``, one per caller.

@@ -17,7 +17,10 @@ class Metrics:
         "_load_failures",
         "_load_successes",
         "_load_time_ns",
+        "_refresh_failures",
+        "_refreshes",
         "_requests",
+        "_stale",
         "_storage_errors",
     )
 
@@ -28,6 +31,9 @@ class Metrics:
         self._load_failures = 0
         self._load_time_ns = 0
         self._storage_errors = 0
+        self._refreshes = 0
+        self._refresh_failures = 0
+        self._stale = 0
 
     def request_count(self) -> int:
         """Lookups: one per ``get``, one per node of a ``get_all``."""
@@ -73,6 +79,19 @@ class Metrics:
         """Keys whose storage read or write failed (each read a miss, each write skipped)."""
         return self._storage_errors
 
+    def refresh_count(self) -> int:
+        """Background reloads started by ``refresh_after`` or ``early_refresh`` (their loads are
+        counted in ``load_count`` too)."""
+        return self._refreshes
+
+    def refresh_failure_count(self) -> int:
+        """Background reloads whose load failed (logged, never raised to a caller)."""
+        return self._refresh_failures
+
+    def stale_count(self) -> int:
+        """Failed loads answered with an expired entry (``stale_if_error``) instead of the error."""
+        return self._stale
+
     def as_dict(self) -> dict[str, int | float]:
         return {
             "request_count": self.request_count(),
@@ -87,6 +106,9 @@ class Metrics:
             "total_load_time": self.total_load_time(),
             "average_load_time": self.average_load_time(),
             "storage_error_count": self.storage_error_count(),
+            "refresh_count": self.refresh_count(),
+            "refresh_failure_count": self.refresh_failure_count(),
+            "stale_count": self.stale_count(),
         }
 
     def __repr__(self) -> str:

@@ -116,7 +116,9 @@ class LocalStorage(BaseStorage):
 
     ``get_sync`` returns ``MISSING`` for an absent or expired key, so that
     ``None`` can be cached like any other value. The async methods are
-    provided on top of the sync ones.
+    provided on top of the sync ones. The engine keeps ``cacheme.entry.Entry``
+    objects in it (the value and its age); a storage keeps whatever it is
+    given, as it is, for the ttl it is given.
     """
 
     is_local: ClassVar[bool] = True

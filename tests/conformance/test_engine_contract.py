@@ -18,7 +18,7 @@ import cacheme
 from cacheme.storage import BaseStorage
 from tests.conformance import test_contract
 from tests.core.test_keys import NamedNode, node_class
-from tests.sql.test_through_core import write_backs_done
+from tests.waiting import flights_done
 
 # The suite's fixtures, shared rather than copied: every case of every backend.
 case = test_contract.case
@@ -43,7 +43,7 @@ async def assert_cached_after_one_load(
     storage = cacheme.registered_storages()[tier]
     for name in names:
         assert await cacheme.get(node_cls(name=name)) == f"value of {name}"
-    await write_backs_done()
+    assert await flights_done()
     for name in names:
         assert await storage.get(node_cls(name=name).full_key()) is not None
         assert await cacheme.get(node_cls(name=name)) == f"value of {name}"

@@ -22,6 +22,7 @@ import pytest
 import cacheme
 from cacheme import singleflight
 from cacheme.serializer import CompressedMsgPackSerializer, MsgPackSerializer
+from tests.waiting import flights_done
 
 
 def batch_node_class(storage: str, returns: Any) -> Any:
@@ -210,10 +211,7 @@ async def test_memoize_accepts_a_subclass_node_from_to_node(tmp_path: Path) -> N
 
         assert await profile(-1) == Profile(-1, "db")
         assert await profile(2) == Profile(2, "db")
-        for _attempt in range(100):
-            if singleflight.in_flight_count() == 0:
-                break
-            await asyncio.sleep(0.01)
+        assert await flights_done()
         # Read back from SQLite (no local tier): typed by the memoized function's annotation.
         assert await profile(-1) == Profile(-1, "db")
         assert await profile(2) == Profile(2, "db")

@@ -19,7 +19,7 @@ import pytest_asyncio
 
 import cacheme
 from cacheme import serializer as s
-from tests.sql.test_through_core import write_backs_done
+from tests.waiting import flights_done
 
 
 @dataclasses.dataclass
@@ -224,7 +224,7 @@ async def test_a_zlib_bomb_in_a_remote_tier_is_a_counted_miss_that_reloads(sqlit
     assert peak < 80 * 1024 * 1024
     stats = cacheme.stats(node_cls)
     assert (loaded, stats.storage_error_count(), stats.hit_count()) == ([1], 1, 0)
-    await write_backs_done()
+    assert await flights_done()
     assert await cacheme.get(node_cls(id=1)) == b"from the source"  # the source's value replaced the bomb
     assert (loaded, stats.storage_error_count(), stats.hit_count()) == ([1], 1, 1)
 
@@ -239,7 +239,7 @@ async def test_a_value_up_to_max_size_round_trips_through_a_remote_tier(sqlite_t
     for _ in range(3):
         assert await cacheme.get(fits(id=1)) == value
         assert await cacheme.get(too_big(id=2)) == value + b"!"
-        await write_backs_done()
+        assert await flights_done()
     assert (fits_loaded, cacheme.stats(fits).storage_error_count(), cacheme.stats(fits).hit_count()) == (
         [1],
         0,

@@ -19,6 +19,7 @@ import pytest
 
 import cacheme
 from cacheme import singleflight
+from tests.waiting import flights_done
 
 if sys.version_info >= (3, 11):
     from typing import assert_type
@@ -185,10 +186,7 @@ async def test_values_read_back_from_a_remote_tier_have_the_load_type(tmp_path: 
     try:
         node_class = user_node_class("typed-sqlite")
         assert await cacheme.get(node_class(user_id=7)) == User(7, "user 7")
-        for _ in range(100):
-            if singleflight.in_flight_count() == 0:
-                break
-            await asyncio.sleep(0.01)
+        assert await flights_done()
         again = await cacheme.get(node_class(user_id=7))
         assert cacheme.stats(node_class).hit_count() == 1
         assert isinstance(again, User) and again == User(7, "user 7")

@@ -26,6 +26,7 @@ import pytest_asyncio
 import cacheme
 from tests.fixtures.proxy import TcpProxy
 from tests.fixtures.sql_servers import POSTGRES_URL, drop_table
+from tests.waiting import flights_done
 
 READ_TIMEOUT = 0.2
 HEALTH = cacheme.Health(read_timeout=READ_TIMEOUT, write_timeout=0.5, failures=3, window=10.0, cool_down=0.5)
@@ -84,7 +85,7 @@ async def check_outage_and_recovery(
     node, name = tier.node, tier.name
     # Normal: 200 keys loaded and written, then answered by the storage.
     await timed_gets(node, range(200))
-    await wait_for_writes()
+    await flights_done()
     hits = cacheme.stats(node).hit_count()
     await timed_gets(node, range(200))
     assert cacheme.stats(node).hit_count() == hits + 200
@@ -117,18 +118,11 @@ async def check_outage_and_recovery(
     await wait_for_state(name, "closed", 10.0, traffic)
     assert time.perf_counter() - healed_at < recovery
     await timed_gets(node, range(3_000_000, 3_000_100))
-    await wait_for_writes()
+    await flights_done()
     hits = cacheme.stats(node).hit_count()
     await timed_gets(node, range(3_000_000, 3_000_100))
     assert cacheme.stats(node).hit_count() == hits + 100  # caching is back
     assert cacheme.stats(node).load_failure_count() == 0
-
-
-async def wait_for_writes() -> None:
-    for _ in range(500):
-        if cacheme.singleflight.in_flight_count() == 0:
-            return
-        await asyncio.sleep(0.01)
 
 
 @pytest_asyncio.fixture

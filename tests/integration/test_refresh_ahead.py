@@ -23,6 +23,7 @@ import cacheme
 from cacheme import singleflight
 from cacheme.entry import Entry, pack
 from cacheme.storage import MISSING
+from tests.waiting import flights_done
 
 SOURCE_SECONDS = 0.05
 
@@ -95,14 +96,6 @@ def node_class(
     return Timed
 
 
-async def settled() -> None:
-    for _ in range(500):
-        if singleflight.in_flight_count() == 0:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("fetches never finished")
-
-
 # ---------------------------------------------------------------- the header and back-fill
 
 
@@ -112,7 +105,7 @@ async def test_redis_holds_the_pinned_header_before_the_serialized_value(chain: 
     before = time.time()
     assert await cacheme.get(node) == "1-1"
     after = time.time()
-    await settled()
+    assert await flights_done()
     raw = await chain.redis.get(node.full_key())
     assert isinstance(raw, bytes)
     assert raw[:4] == b"\xc1cm\x01"
@@ -153,7 +146,7 @@ async def test_a_header_of_another_version_is_a_counted_miss(chain: Chain) -> No
     assert await cacheme.get(node) == "3-1"
     stats = cacheme.stats(timed)
     assert (stats.storage_error_count(), stats.hit_count(), timed.loads) == (1, 0, 1)
-    await settled()
+    assert await flights_done()
     raw = await chain.redis.get(node.full_key())
     assert isinstance(raw, bytes) and raw[:4] == b"\xc1cm\x01"  # overwritten
 
@@ -225,13 +218,13 @@ async def test_refresh_after_serves_at_once_and_reloads_once_in_the_background(c
     timed = node_class([(chain.local_name, 2), (chain.redis_name, 2)], refresh_after=0.3)
     node = timed(id=7)
     assert await cacheme.get(node) == "7-1"
-    await settled()
+    assert await flights_done()
     await asyncio.sleep(0.35)
     values = await asyncio.gather(*(cacheme.get(node) for _ in range(2000)))
     assert set(values) == {"7-1"}  # all answered by the entry: nobody waited for the reload
     stats = cacheme.stats(timed)
     assert stats.refresh_count() == 1
-    await settled()
+    assert await flights_done()
     assert timed.loads == 2
     assert await cacheme.get(node) == "7-2"
     # Every tier was rewritten, with a new age.
@@ -249,7 +242,7 @@ async def test_refresh_after_renews_a_value_found_in_redis_too(chain: Chain) -> 
         await put_in_redis(chain, node.full_key(), f"old-{node.id}", loaded_ago=1, expires_in=4)
     assert await cacheme.get(nodes[0]) == "old-80"
     assert await cacheme.get_all(nodes[1:]) == ["old-81", "old-82"]
-    await settled()
+    assert await flights_done()
     assert cacheme.stats(timed).refresh_count() == 3
     renewed = await cacheme.get_all(nodes)
     assert [value.split("-")[0] for value in renewed] == ["80", "81", "82"]
@@ -263,22 +256,22 @@ async def test_a_failed_background_reload_is_logged_counted_and_never_raised(
     timed = node_class([(chain.local_name, 5), (chain.redis_name, 5)], refresh_after=0.1)
     node = timed(id=9)
     assert await cacheme.get(node) == "9-1"
-    await settled()
+    assert await flights_done()
     await asyncio.sleep(0.15)
     timed.failing = True
     with caplog.at_level(logging.WARNING, logger="cacheme"):
         assert await cacheme.get(node) == "9-1"
-        await settled()
+        assert await flights_done()
     stats = cacheme.stats(timed)
     assert (stats.refresh_count(), stats.refresh_failure_count()) == (1, 1)
     assert "background reload" in caplog.text and "the source is down" in caplog.text
     # The entry stays, and the next hit tries again.
     assert await cacheme.get(node) == "9-1"
-    await settled()
+    assert await flights_done()
     assert stats.refresh_failure_count() == 2
     timed.failing = False
     assert await cacheme.get(node) == "9-1"
-    await settled()
+    assert await flights_done()
     assert await cacheme.get(node) == "9-4"
 
 
@@ -286,11 +279,11 @@ async def test_invalidate_during_a_background_reload_wins(chain: Chain) -> None:
     timed = node_class([(chain.local_name, 5), (chain.redis_name, 5)], refresh_after=0.1)
     node = timed(id=10)
     assert await cacheme.get(node) == "10-1"
-    await settled()
+    assert await flights_done()
     await asyncio.sleep(0.15)
     assert await cacheme.get(node) == "10-1"  # the reload starts
     await cacheme.invalidate(node)
-    await settled()
+    assert await flights_done()
     assert chain.local.get_sync(node.full_key()) is MISSING
     assert await chain.redis.get(node.full_key()) is None
 
@@ -311,7 +304,7 @@ async def test_memoize_takes_the_node_options(chain: Chain) -> None:
     assert await fetch(1) == "memo-1-1"
     await asyncio.sleep(0.15)
     assert await fetch(1) == "memo-1-1"
-    await settled()
+    assert await flights_done()
     assert await fetch(1) == "memo-1-2"
     assert cacheme.stats(timed).refresh_count() == 1
 
@@ -331,7 +324,7 @@ async def test_early_refresh_rate_over_many_hits_matches_xfetch(chain: Chain) ->
     hits = 1500
     for _ in range(hits):
         assert await cacheme.get(node) == "held"
-        await settled()  # the failed reload ends before the next hit
+        assert await flights_done()  # the failed reload ends before the next hit
     rate = cacheme.stats(timed).refresh_count() / hits
     assert rate == pytest.approx(0.3679, abs=0.045)  # 3.6 standard deviations
 
@@ -343,7 +336,7 @@ async def test_stale_if_error_serves_an_expired_entry_while_the_source_fails(cha
     timed = node_class([(chain.local_name, 0.3), (chain.redis_name, 0.3)], stale_if_error=0.6)
     node = timed(id=12)
     assert await cacheme.get(node) == "12-1"
-    await settled()
+    assert await flights_done()
     assert await chain.redis.pttl(node.full_key()) > 600  # kept past its expiry
     await asyncio.sleep(0.35)
     timed.failing = True
@@ -364,7 +357,7 @@ async def test_stale_if_error_from_redis_alone(chain: Chain) -> None:
     timed = node_class([(chain.redis_name, 0.2)], stale_if_error=5)
     node = timed(id=13)
     assert await cacheme.get(node) == "13-1"
-    await settled()
+    assert await flights_done()
     await asyncio.sleep(0.25)
     timed.failing = True
     values = await asyncio.gather(*(cacheme.get(node) for _ in range(500)))
@@ -377,7 +370,7 @@ async def test_without_stale_if_error_a_failed_load_is_the_callers_error(chain: 
     timed = node_class([(chain.local_name, 0.2), (chain.redis_name, 0.2)], refresh_after=0.1)
     node = timed(id=14)
     assert await cacheme.get(node) == "14-1"
-    await settled()
+    assert await flights_done()
     await asyncio.sleep(0.25)
     timed.failing = True
     with pytest.raises(ConnectionError):
@@ -405,7 +398,7 @@ async def test_thousands_of_requests_cancelled_at_random_points_leave_nothing_st
                 continue
             assert isinstance(outcome, str), outcome
             served += 1
-    await settled()
+    assert await flights_done()
     assert served > 1000
     assert singleflight.in_flight_count() == 0
     stats = cacheme.stats(timed)

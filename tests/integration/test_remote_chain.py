@@ -6,7 +6,6 @@ annotation, and corrupt bytes turned into a counted miss.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import uuid
 from collections.abc import AsyncIterator
@@ -18,8 +17,8 @@ import pydantic
 import pytest_asyncio
 
 import cacheme
-from cacheme import singleflight
 from cacheme.serializer import JSONSerializer, MsgPackSerializer
+from tests.waiting import flights_done
 
 
 class Account(pydantic.BaseModel):
@@ -68,14 +67,6 @@ def account_node(names: list[str], serializer: Any) -> Any:
     return AccountNode
 
 
-async def written_back() -> None:
-    for _ in range(500):
-        if singleflight.in_flight_count() == 0:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("write-backs never finished")
-
-
 async def test_a_hit_in_the_last_tier_back_fills_every_tier_before_it(
     chain: dict[str, cacheme.BaseStorage],
 ) -> None:
@@ -84,13 +75,13 @@ async def test_a_hit_in_the_last_tier_back_fills_every_tier_before_it(
     node = node_class(id=uuid.uuid4())
     key = node.full_key()
     first = await cacheme.get(node)
-    await written_back()
+    assert await flights_done()
     assert node_class.loads == 1
     # Only SQLite keeps it now: the read goes through local and Redis, finds it last, and back-fills both.
     await local.delete(key)
     await redis.delete(key)
     again = await cacheme.get(node)
-    await written_back()
+    assert await flights_done()
     assert again == first and isinstance(again, Account)
     assert await redis.get(key) is not None
     assert (await local.get(key)).value == first
@@ -98,12 +89,12 @@ async def test_a_hit_in_the_last_tier_back_fills_every_tier_before_it(
     # get_all back-fills the same way, in batch.
     others = [node_class(id=uuid.uuid4()) for _ in range(5)]
     values = await cacheme.get_all(others)
-    await written_back()
+    assert await flights_done()
     for other in others:
         await local.delete(other.full_key())
         await redis.delete(other.full_key())
     assert await cacheme.get_all(others) == values
-    await written_back()
+    assert await flights_done()
     assert await redis.get_many([o.full_key() for o in others]) != {}
     assert len(await redis.get_many([o.full_key() for o in others])) == 5
     assert node_class.loads == 6
@@ -118,7 +109,7 @@ async def test_values_read_back_from_remote_tiers_have_the_loaders_type(
         node_class = account_node(names[1:], serializer)  # remote tiers only: every read decodes
         node = node_class(id=uuid.uuid4())
         loaded = await cacheme.get(node)
-        await written_back()
+        assert await flights_done()
         read_back = await cacheme.get(node)
         assert isinstance(read_back, Account)
         assert read_back == loaded
@@ -150,13 +141,13 @@ async def test_a_local_tier_behind_a_remote_one_answers_and_back_fills_it(
     node_class = account_node([redis_name, local_name], MsgPackSerializer())
     nodes = [node_class(id=uuid.uuid4()) for _ in range(5)]
     values = await cacheme.get_all(nodes)
-    await written_back()
+    assert await flights_done()
     for node in nodes:
         await redis.delete(node.full_key())
     # Redis misses, the local tier behind it has them: answered from there, Redis filled again.
     assert await cacheme.get_all(nodes) == values
     assert await cacheme.get(nodes[0]) == values[0]
-    await written_back()
+    assert await flights_done()
     assert len(await redis.get_many([node.full_key() for node in nodes])) == 5
     assert (await local.get(nodes[0].full_key())).value == values[0]
     assert node_class.loads == 5

@@ -10,10 +10,10 @@ from datetime import timedelta
 import pytest_asyncio
 
 import cacheme
-from cacheme import singleflight
 from cacheme_redis.storage import RedisStorage
 from tests.fixtures.redis_servers import RedisClusterProcesses
 from tests.redis.nodes import item_node
+from tests.waiting import flights_done
 
 
 def keys_per_master(cluster: RedisClusterProcesses) -> list[int]:
@@ -83,10 +83,7 @@ async def test_get_all_of_1000_keys_over_all_slots(
     nodes = [node_class(id=i) for i in range(1000)]
     expected = [f"value-{i}" for i in range(1000)]
     assert await cacheme.get_all(nodes) == expected
-    for _ in range(200):
-        if singleflight.in_flight_count() == 0:
-            break
-        await asyncio.sleep(0.01)
+    assert await flights_done()
     counts = keys_per_master(redis_cluster)
     assert sum(counts) == 1000
     assert all(count > 200 for count in counts)  # every master holds its share

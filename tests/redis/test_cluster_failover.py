@@ -27,10 +27,10 @@ import redis
 from redis.crc import key_slot
 
 import cacheme
-from cacheme import singleflight
 from cacheme_redis.storage import RedisStorage
 from tests.fixtures.redis_servers import ClusterNodeInfo, RedisClusterWithReplicas, RedisServer
 from tests.redis.nodes import item_node
+from tests.waiting import flights_done
 
 KEYS = 2000
 GETS_PER_ROUND = 2000
@@ -131,14 +131,6 @@ class Traffic:
         while sum(1 for done in self.rounds if done.started >= moment) < count:
             assert time.monotonic() < deadline, f"fewer than {count} rounds after {moment} in {timeout}s"
             await asyncio.sleep(0.02)
-
-
-async def settle() -> None:
-    """Waits (bounded) until no load or write-back of the engine is in flight."""
-    for _ in range(500):
-        if singleflight.in_flight_count() == 0:
-            return
-        await asyncio.sleep(0.01)
 
 
 async def wait_until(condition: Callable[[], bool], what: str, timeout: float) -> float:
@@ -262,7 +254,7 @@ async def test_master_killed_under_traffic_replica_promoted(
     assert await cacheme.get_all([node_class(id=i) for i in range(KEYS)]) == [
         f"value-{i}" for i in range(KEYS)
     ]
-    await settle()
+    await flights_done()
     assert metrics.storage_error_count() == 0
     await asyncio.to_thread(wait_replicated, cluster)
     victim, replica = victim_and_replica(cluster)
@@ -292,7 +284,7 @@ async def test_master_killed_under_traffic_replica_promoted(
     finally:
         stop.set()
         await runner
-    await settle()
+    await flights_done()
 
     rounds = traffic.rounds
     # Phases: over before the kill; running at some time between the kill and the recovery
@@ -422,7 +414,7 @@ async def test_reshard_under_traffic(
     for traffic in (plain, tagged):
         everyone = [traffic.node_class(id=i) for i in range(traffic.keys)]
         assert await cacheme.get_all(everyone) == [f"value-{i}" for i in range(traffic.keys)]
-    await settle()
+    await flights_done()
     assert plain.metrics.storage_error_count() == tagged.metrics.storage_error_count() == 0
 
     stop = asyncio.Event()
@@ -438,7 +430,7 @@ async def test_reshard_under_traffic(
     finally:
         stop.set()
         await asyncio.gather(*runners)
-    await settle()
+    await flights_done()
     followed = await asyncio.to_thread(redirects, cluster.server(source.port))
 
     now = {node.node_id: node for node in cluster.masters()}
@@ -514,7 +506,7 @@ async def test_new_clients_find_the_cluster_when_the_url_node_is_dead(
     nodes = [node_class(id=i) for i in range(300)]
     expected = [f"value-{i}" for i in range(300)]
     assert await cacheme.get_all(nodes) == expected
-    await settle()
+    await flights_done()
     await asyncio.to_thread(wait_replicated, cluster)
     victim, replica = victim_and_replica(cluster)
     assert victim.port == cluster.servers[0].port  # the node the URL names

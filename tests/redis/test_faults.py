@@ -17,20 +17,13 @@ import pytest
 import redis
 
 import cacheme
-from cacheme import singleflight
 from cacheme_redis.storage import RedisStorage
 from tests.fixtures.redis_servers import RedisServer
 from tests.redis.nodes import item_node
+from tests.waiting import flights_done
 
 REQUESTS = 5000
 KEYS = 2000
-
-
-async def settle() -> None:
-    for _ in range(500):
-        if singleflight.in_flight_count() == 0:
-            return
-        await asyncio.sleep(0.01)
 
 
 async def test_server_killed_mid_run_then_back(
@@ -44,7 +37,7 @@ async def test_server_killed_mid_run_then_back(
         metrics = cacheme.stats(node_class)
         # Warm the cache with half the keys, so that requests before the kill are hits.
         await cacheme.get_all([node_class(id=i) for i in range(0, KEYS, 2)])
-        await settle()
+        await flights_done()
 
         rng = random.Random(7)
         killed = asyncio.Event()
@@ -70,7 +63,7 @@ async def test_server_killed_mid_run_then_back(
         assert metrics.storage_error_count() > 0
         assert metrics.hit_count() > 0  # the part before the kill was served by Redis
         assert any("failed" in record.getMessage() for record in caplog.records)
-        await settle()
+        await flights_done()
 
         # The errors opened the storage's circuit breaker: Redis is skipped, no I/O.
         assert cacheme.storage_health(name).state == "open"
@@ -86,11 +79,11 @@ async def test_server_killed_mid_run_then_back(
                 break
             await asyncio.sleep(0.05)
         assert cacheme.storage_health(name).state == "closed"
-        await settle()
+        await flights_done()
         fresh = node_class(id=KEYS + 1)
         errors_before = metrics.storage_error_count()
         assert await cacheme.get(fresh) == f"value-{KEYS + 1}"
-        await settle()
+        await flights_done()
         with server.client() as client:
             assert client.get(fresh.full_key()) is not None  # written to the new server
         hits_before, loads_before = metrics.hit_count(), metrics.load_count()
@@ -100,7 +93,7 @@ async def test_server_killed_mid_run_then_back(
         # Concurrent traffic is served from the new server too.
         many = [node_class(id=i) for i in range(100)]
         await cacheme.get_all(many)
-        await settle()
+        await flights_done()
         hits_before = metrics.hit_count()
         assert await asyncio.gather(*(cacheme.get(node) for node in many)) == [
             f"value-{i}" for i in range(100)
@@ -125,7 +118,7 @@ async def test_a_server_answering_garbage_is_a_storage_error(
         client.rpush(node.full_key(), b"not a string value")  # GET on a list: WRONGTYPE
         assert await cacheme.get(node) == "value-1"
         assert cacheme.stats(node_class).storage_error_count() == 1
-        await settle()
+        await flights_done()
         client.set(node.full_key(), b"\xc1 not msgpack")  # bytes the serializer cannot read
         assert await cacheme.get(node) == "value-1"
         assert cacheme.stats(node_class).storage_error_count() == 2

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 import cacheme
-from cacheme import singleflight
 from cacheme.serializer import PickleSerializer
 from tests.fixtures.sql_servers import raw_mysql, raw_postgres
 from tests.sql.support import Database
+from tests.waiting import flights_done
 
 _names = itertools.count()
 
@@ -44,15 +44,6 @@ def counting_node(storage_name: str) -> Any:
     return SqlItem
 
 
-async def write_backs_done() -> None:
-    """Wait until no flight is left (callers get their value before the flight's write-back ends)."""
-    for _ in range(400):
-        if singleflight.in_flight_count() == 0:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("flights never finished")
-
-
 @contextlib.asynccontextmanager
 async def registered(db: Database, **options: Any) -> AsyncIterator[str]:
     name = f"sql-{db.kind}-{next(_names)}"
@@ -70,7 +61,7 @@ async def test_thousand_concurrent_gets_load_each_key_once(db: Database) -> None
         results = await asyncio.gather(*(cacheme.get(node(id=i)) for i in ids))
         assert results == [{"id": i} for i in ids]
         assert node.loads == Counter(range(250))  # exactly one load per distinct key
-        await write_backs_done()
+        assert await flights_done()
         assert await db.count_rows() == 250
         metrics = cacheme.stats(node)
         assert metrics.storage_error_count() == 0
@@ -187,13 +178,13 @@ async def test_killed_connections_are_survived_and_the_pool_recovers(server_db: 
         assert results == [{"id": i} for i in range(40)]  # every request answered (from the loader)
         assert node.loads == Counter(range(40))
         assert metrics.storage_error_count() >= len(victims)
-        await write_backs_done()
+        assert await flights_done()
         # Recovered: the pool works again. Keys whose write-back was on a killed connection were
         # not cached; this round loads and writes them, with no new storage error.
         errors = metrics.storage_error_count()
         assert await asyncio.gather(*(cacheme.get(node(id=i)) for i in range(40))) == results
         assert metrics.storage_error_count() == errors
-        await write_backs_done()
+        assert await flights_done()
         # Every value is now read back from the database through fresh connections.
         hits = metrics.hit_count()
         assert await asyncio.gather(*(cacheme.get(node(id=i)) for i in range(40))) == results

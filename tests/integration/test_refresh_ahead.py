@@ -7,11 +7,14 @@ import asyncio
 import logging
 import random
 import struct
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, ClassVar
 
 import msgpack
@@ -26,6 +29,7 @@ from cacheme.storage import MISSING
 from tests.waiting import flights_done
 
 SOURCE_SECONDS = 0.05
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -209,6 +213,36 @@ async def test_no_value_is_served_older_than_the_ttl_of_its_tier(chain: Chain) -
         await asyncio.sleep(0.02)
     assert timed.loads >= 2
     assert oldest <= 1.0 + SOURCE_SECONDS
+
+
+def run_child(prefix: str, node_id: int) -> tuple[str, float]:
+    """Run tests/integration/refresh_child.py: another process, its own loop; its value and the
+    ``loaded_at`` of its local entry."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.integration.refresh_child", prefix, str(node_id)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # a reload cut off by the exit prints nothing
+    value, loaded_at = done.stdout.strip().rsplit(" ", 1)
+    return value, float(loaded_at)
+
+
+async def test_another_process_reads_the_age_the_first_one_wrote(chain: Chain) -> None:
+    # Process A loads; process B (and this one) read its entry from Redis with A's load time.
+    value, loaded_at = await asyncio.to_thread(run_child, chain.prefix, 1)
+    assert value.startswith("loaded by process ")
+    again, read_at = await asyncio.to_thread(run_child, chain.prefix, 1)
+    assert (again, read_at) == (value, loaded_at)
+    # Past refresh_after, process C is answered at once and starts a reload, cut off by its exit.
+    await asyncio.sleep(0.25)
+    stale, stale_at = await asyncio.to_thread(run_child, chain.prefix, 1)
+    assert (stale, stale_at) == (value, loaded_at)
+    raw = await chain.redis.get(f"{chain.prefix}:shared:1:v1")
+    assert isinstance(raw, bytes) and struct.unpack_from("<d", raw, 4)[0] == loaded_at
 
 
 # ---------------------------------------------------------------- refresh_after

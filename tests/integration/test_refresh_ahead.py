@@ -197,6 +197,17 @@ async def test_a_back_fill_expires_with_the_earlier_tiers_ttl_counted_from_the_l
         assert chain.local.get_sync(other.full_key()).expires_at == pytest.approx(time.time() + 0.1, abs=0.05)
 
 
+async def test_a_remote_copy_past_its_expiry_is_a_miss(chain: Chain) -> None:
+    # Redis still holds it (its own ttl counted from when the write reached it), the entry says expired.
+    timed = node_class([(chain.local_name, 1), (chain.redis_name, 1)])
+    node = timed(id=60)
+    now = time.time()
+    entry = Entry("expired", now - 1.01, SOURCE_SECONDS, now - 0.01)
+    await chain.redis.set(node.full_key(), pack(entry, entry.expires_at, msgpack.packb("expired")), px=5000)
+    assert await cacheme.get(node) == "60-1"
+    assert timed.loads == 1
+
+
 async def test_no_value_is_served_older_than_the_ttl_of_its_tier(chain: Chain) -> None:
     # 1 s ttls, the local copy dropped now and then: every value served is at most 1 s old.
     timed = node_class([(chain.local_name, 1), (chain.redis_name, 1)])

@@ -271,6 +271,9 @@ async def _read_remote_tiers(config: NodeConfig, flights: Mapping[str, singlefli
             found, bodies = decode_found(config, tier, read)
         if config.policy is not None and found:
             found = _judge_found(config, flights, found, reading.due)
+        elif bodies:
+            # A remote copy outlives its expiry by the time its write took to reach the server.
+            found = _unexpired(found, time.time())
         if not found:
             continue
         if index > 0:
@@ -304,6 +307,10 @@ def _judge_found(
             due.append((key, entry))
         answering[key] = entry
     return answering
+
+
+def _unexpired(found: dict[str, Entry], now: float) -> dict[str, Entry]:
+    return {key: entry for key, entry in found.items() if entry.expires_at is None or entry.expires_at > now}
 
 
 def _fill_before(

@@ -73,7 +73,7 @@ sys.path.insert(0, str(ROOT))
 
 import cacheme  # noqa: E402
 import cacheme.node  # noqa: E402
-from benchmarks.outage import RESULTS_MD, ms  # noqa: E402
+from benchmarks.outage import ms, write_report  # noqa: E402
 from benchmarks.redis_server import RedisServer  # noqa: E402
 
 BEGIN, END = "<!-- storm:begin -->", "<!-- storm:end -->"
@@ -388,7 +388,7 @@ def targets(results: list[RunResult], args: argparse.Namespace) -> list[str]:
             )
         )
     else:
-        rows.append("| refresh_after targets | not run | this cacheme has no Meta.refresh_after yet |")
+        rows.append("| refresh_after targets | not run | not selected, or no Meta.refresh_after here |")
     stale = [r for r in results if r.configuration == "stale_if_error"]
     if stale:
         errors = [r.errors for r in stale]
@@ -410,7 +410,7 @@ def targets(results: list[RunResult], args: argparse.Namespace) -> list[str]:
             )
         )
     else:
-        rows.append("| stale_if_error target | not run | this cacheme has no Meta.stale_if_error yet |")
+        rows.append("| stale_if_error target | not run | not selected, or no Meta.stale_if_error here |")
     return rows
 
 
@@ -498,16 +498,6 @@ def report(
     return "\n".join(lines)
 
 
-def write_report(text: str) -> None:
-    """Put ``text`` between the storm markers of RESULTS.md (at its end the first time)."""
-    current = RESULTS_MD.read_text() if RESULTS_MD.exists() else ""
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    updated = (
-        pattern.sub(lambda _: text, current) if pattern.search(current) else f"{current.rstrip()}\n\n{text}\n"
-    )
-    RESULTS_MD.write_text(updated)
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -560,7 +550,7 @@ async def main(argv: list[str]) -> None:
     text = report(results, skipped, args, time.perf_counter() - begun)
     print(text)
     if not args.no_write:
-        write_report(text)
+        write_report(text, BEGIN, END)
 
 
 if __name__ == "__main__":

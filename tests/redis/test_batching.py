@@ -1,4 +1,4 @@
-"""Auto-batching: concurrent single gets go out as one MGET, concurrent sets as one pipeline.
+"""Auto-batching: concurrent gets go out as one MGET, sets as one pipeline, deletes as one DEL.
 
 Counted on our own server (CONFIG RESETSTAT, then INFO commandstats), so that
 nothing else's traffic is in the figures.
@@ -58,6 +58,19 @@ async def test_without_batching_every_get_is_a_get(server: RedisServer, control:
         assert calls.get("get") == N
         assert "mget" not in calls
         assert connections_named(control, "unbatched") > 1
+    finally:
+        await storage.close()
+
+
+async def test_concurrent_deletes_are_one_del(server: RedisServer, control: redis.Redis) -> None:
+    # A burst of invalidations (each a delete per tier) is one DEL, not one command per key.
+    storage = RedisStorage(server.url, client_name="deletes")
+    try:
+        await storage.set_many({f"d{i}": b"x" for i in range(N)}, None)
+        control.config_resetstat()
+        await asyncio.gather(*(storage.delete(f"d{i}") for i in range(N)), storage.delete_many(["d0", "d1"]))
+        assert commandstats(control).get("del") == 1
+        assert control.exists(*(f"d{i}" for i in range(N))) == 0
     finally:
         await storage.close()
 

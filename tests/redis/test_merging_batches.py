@@ -109,9 +109,10 @@ async def slow_storage(
     storage = RedisStorage(proxy.url("redis"), pool_size=pool_size, pool_timeout=POOL_TIMEOUT)
     await storage.set_many({f"k{i}": f"v{i}".encode() for i in range(KEYS)}, None)
     proxy.delay(DELAY)
-    # Every connection of the pool opened now (deletes are never batched): the load meets a warm
-    # pool, as in a running service, and no timing below includes a connect.
-    await asyncio.gather(*(storage.delete(f"absent{i}") for i in range(pool_size)))
+    # Every connection of the pool opened now (PINGs at once, each on a connection of its own): the
+    # load meets a warm pool, as in a running service, and no timing below includes a connect.
+    client = (await storage._state()).commands.client
+    await asyncio.gather(*(client.ping() for _ in range(pool_size)))
     rtt = await round_trip(storage)
     control.config_resetstat()
     return storage, rtt

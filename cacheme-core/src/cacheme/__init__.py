@@ -4,6 +4,7 @@ Declare nodes (what is cached, its key, how it is loaded, which chain of
 storages holds it), register storages by name, and ``await cacheme.get(node)``.
 """
 
+from cacheme.bus import Bus, BusSnapshot
 from cacheme.doorkeeper import BloomFilter, DoorKeeper
 from cacheme.engine import get, get_all, invalidate, refresh, stats
 from cacheme.errors import (
@@ -17,7 +18,13 @@ from cacheme.health import Health, HealthSnapshot
 from cacheme.memoize import Memoize, Memoized
 from cacheme.node import Cache, DynamicNode, Node, build_node, get_prefix, nodes, set_prefix
 from cacheme.plugins import Storage, hookimpl, installed_schemes
-from cacheme.registry import register_storage, registered_storages, storage_health, unregister_storage
+from cacheme.registry import (
+    bus_health,
+    register_storage,
+    registered_storages,
+    storage_health,
+    unregister_storage,
+)
 from cacheme.serializer import Serializer
 from cacheme.stats import Metrics
 from cacheme.storage import MISSING, BaseStorage, LocalStorage
@@ -28,6 +35,8 @@ __all__ = [
     "MISSING",
     "BaseStorage",
     "BloomFilter",
+    "Bus",
+    "BusSnapshot",
     "Cache",
     "CachemeError",
     "DoorKeeper",
@@ -46,6 +55,7 @@ __all__ = [
     "StorageConfigError",
     "StorageNotRegistered",
     "build_node",
+    "bus_health",
     "get",
     "get_all",
     "get_prefix",

@@ -24,7 +24,8 @@ from cacheme.health import within
 from cacheme.storage import MISSING, BaseStorage, LocalStorage
 
 if TYPE_CHECKING:
-    from cacheme.engine import NodeConfig
+    from cacheme.bus import BusHub
+    from cacheme.config import NodeConfig
 
 __all__ = [
     "ERROR_LOG_INTERVAL",
@@ -50,7 +51,7 @@ ERROR_REPR_LIMIT = 500
 class Tier:
     """One tier of a node's chain: its storage's name, the storage, its ttl (and in seconds)."""
 
-    __slots__ = ("local", "name", "seconds", "storage", "ttl")
+    __slots__ = ("hub", "local", "name", "seconds", "storage", "ttl")
 
     def __init__(self, name: str, storage: BaseStorage, ttl: timedelta | None) -> None:
         self.name = name
@@ -58,6 +59,8 @@ class Tier:
         self.ttl = ttl
         self.seconds = None if ttl is None else ttl.total_seconds()
         self.local = storage.is_local
+        # The invalidation bus a local tier listens on (cacheme.bus.BusHub), if any.
+        self.hub: BusHub | None = storage.bus_hub if isinstance(storage, LocalStorage) else None
 
 
 # ---------------------------------------------------------------- reporting
@@ -147,22 +150,32 @@ def _copy_for(tier: Tier, entry: Entry, now: float, stale: float) -> tuple[Entry
 _LONGEST = timedelta.max.total_seconds() - 1
 
 
-def write_local(config: NodeConfig, tiers: Sequence[Tier], entries: Mapping[str, Entry]) -> None:
+def write_local(
+    config: NodeConfig, tiers: Sequence[Tier], entries: Mapping[str, Entry], epoch: int | None = None
+) -> None:
     """Write ``entries`` into the local tiers among ``tiers`` (at once, no await); failures are counted.
 
     Each copy expires no later than the entry it comes from, nor than the
-    tier's ttl counted from the entry's load.
+    tier's ttl counted from the entry's load. A tier on an invalidation bus
+    is written only if nothing was invalidated since ``epoch`` (the
+    ``singleflight.epoch`` when what is written was read; None: nothing was
+    read, as for ``refresh``'s own value) and its bus is subscribed.
     """
     now = time.time()
     stale = config.stale_seconds
     for tier in tiers:
         if tier.local:
             local = typing.cast(LocalStorage, tier.storage)
+            hub = tier.hub
             try:
                 for key, entry in entries.items():
                     copy = _copy_for(tier, entry, now, stale)
-                    if copy is not None:
+                    if copy is None:
+                        continue
+                    if hub is None:
                         local.set_sync(key, copy[0], copy[1])
+                    else:
+                        hub.write(local, key, copy[0], copy[1], epoch)
             except Exception as error:
                 storage_failed(config, tier, "write", error, len(entries))
 

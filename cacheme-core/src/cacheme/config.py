@@ -9,6 +9,7 @@ from typing import Any
 import pydantic
 
 from cacheme import registry
+from cacheme.bus import BusHub
 from cacheme.chain import Tier
 from cacheme.doorkeeper import DoorKeeper
 from cacheme.errors import NodeDefinitionError
@@ -31,6 +32,7 @@ class NodeConfig:
         "doorkeeper",
         "first_local",
         "generation",
+        "hubs",
         "leading_locals",
         "local_prefix",
         "metrics",
@@ -62,6 +64,11 @@ class NodeConfig:
                 break
             self.leading_locals.append((tier.storage, tier.ttl))
         self.local_prefix = len(self.leading_locals)
+        # The invalidation buses the local tiers listen on (each once): invalidate and refresh announce.
+        self.hubs: list[BusHub] = []
+        for tier in self.tiers:
+            if tier.hub is not None and tier.hub not in self.hubs:
+                self.hubs.append(tier.hub)
         serializer: Serializer | None = meta.serializer
         if serializer is None and any(not tier.local for tier in self.tiers):
             serializer = MsgPackSerializer()

@@ -96,13 +96,14 @@ async def get(node: Any, load_fn: Loader | None = None) -> Any:
 def _read_leading_locals(config: NodeConfig, key: str, start: int) -> Any:
     """The key's entry in the leading local tiers (from ``start``), back-filling those before it."""
     leading = config.leading_locals
+    epoch = singleflight.epoch
     for index in range(start, len(leading)):
         try:
             entry = leading[index][0].get_sync(key)
         except Exception as error:
             entry = local_read_failed(config, index, error)
         if entry is not MISSING:
-            write_local(config, config.tiers[:index], {key: entry})
+            write_local(config, config.tiers[:index], {key: entry}, epoch)
             return entry
     return MISSING
 
@@ -214,7 +215,8 @@ async def invalidate(node: Node) -> None:
     """Remove the node's key from every tier.
 
     A fetch of the key that races it answers its own callers but writes no
-    tier, and once ``invalidate`` has returned no request joins it.
+    tier, and once ``invalidate`` has returned no request joins it. Every
+    other process whose local tiers listen on the node's bus drops the key.
     """
     config = configure(type(node))
     key = node.full_key()
@@ -223,6 +225,7 @@ async def invalidate(node: Node) -> None:
         await _settle(racing)
         for tier in config.tiers:
             await delete(config, tier, key)
+        await _announce(config, key)
     finally:
         singleflight.end_change(key)
 
@@ -233,19 +236,28 @@ async def refresh(node: Loadable[R]) -> R:
     A fetch of the key that races it answers its own callers but writes no
     tier, and once ``refresh`` has returned no request joins it: every tier of
     this process serves the new value (but a tier whose write failed keeps what it had).
+    Every other process whose local tiers listen on the node's bus drops the key.
     """
     config = configure(type(node))  # type: ignore[arg-type]  # Loadable: how type checkers see a node
     key = node.full_key()
     racing = singleflight.begin_change(key)
     try:
         await _settle(racing)
+        epoch = singleflight.epoch
         entry = await load_one(config, typing.cast(Node, node), None)
-        write_local(config, config.tiers, {key: entry})
+        write_local(config, config.tiers, {key: entry}, epoch)
         await write_remotes(config, config.tiers, {key: entry}, write_back=False)
+        await _announce(config, key)
     finally:
         singleflight.end_change(key)
     value: R = entry.value
     return value
+
+
+async def _announce(config: NodeConfig, key: str) -> None:
+    """Tell the other processes listening on the node's buses that ``key`` changed (see cacheme.bus)."""
+    for hub in config.hubs:
+        await hub.announce(key)
 
 
 def stats(node_class: type[Node]) -> Metrics:

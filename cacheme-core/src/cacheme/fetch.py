@@ -309,6 +309,11 @@ def _judge_found(
     return answering
 
 
+def _first_epoch(flights: Mapping[str, singleflight.Flight], keys: Iterable[str]) -> int:
+    """The earliest epoch among the flights of ``keys``: what a batch write of them is checked against."""
+    return min((flights[key].epoch for key in keys), default=singleflight.epoch)
+
+
 def _unexpired(found: dict[str, Entry], now: float) -> dict[str, Entry]:
     return {key: entry for key, entry in found.items() if entry.expires_at is None or entry.expires_at > now}
 
@@ -323,7 +328,7 @@ def _fill_before(
 ) -> None:
     """Write what tier ``index`` had into the local tiers before it; queue it for the remote ones."""
     entries = {key: entry for key, entry in found.items() if not flights[key].stale}
-    write_local(config, config.tiers[:index], entries)
+    write_local(config, config.tiers[:index], entries, _first_epoch(flights, entries))
     if entries and index > config.local_prefix:
         backfills.append(Backfill(index, entries, {key: bodies[key] for key in entries if key in bodies}))
 
@@ -405,7 +410,7 @@ async def _load_and_write(
         del node, load
         write = not flight.stale and (flight.renewal or _admitted(config, key))
         if write:
-            write_local(config, config.tiers, {key: entry})
+            write_local(config, config.tiers, {key: entry}, flight.epoch)
         flight.resolve(entry.value, False)
         if write:
             await write_remotes(config, config.tiers, {key: entry})
@@ -489,7 +494,7 @@ async def _load_batch(
     for key, entry in zip(missing, entries, strict=True):
         if not flights[key].stale and _admitted(config, key):
             loaded[key] = entry
-    write_local(config, config.tiers, loaded)
+    write_local(config, config.tiers, loaded, _first_epoch(flights, loaded))
     for key, entry in zip(missing, entries, strict=True):
         flights[key].resolve(entry.value, False)
 
@@ -514,7 +519,7 @@ async def _load_each(
     for key, (entry, _) in zip(missing, outcomes, strict=True):
         if entry is not None and not flights[key].stale and _admitted(config, key):
             loaded[key] = entry
-    write_local(config, config.tiers, loaded)
+    write_local(config, config.tiers, loaded, _first_epoch(flights, loaded))
     for key, (entry, error) in zip(missing, outcomes, strict=True):
         flight = flights[key]
         if entry is not None:

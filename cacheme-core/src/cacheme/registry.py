@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import typing
 
+from cacheme import bus
 from cacheme.errors import StorageConfigError, StorageNotRegistered
 from cacheme.health import HealthSnapshot
-from cacheme.storage import BaseStorage
+from cacheme.plugins import bus_class_for
+from cacheme.storage import BaseStorage, LocalStorage
 
 __all__ = [
+    "bus_health",
     "generation",
     "lookup",
     "register_storage",
@@ -44,15 +48,35 @@ async def register_storage(name: str, storage: BaseStorage) -> None:
             f"register_storage({name!r}, ...) needs a storage built by cacheme.Storage(url), "
             f"got {type(storage).__name__}"
         )
+    bus_storage = _bus_storage_of(name, storage)
     if not _is_registered(storage):
         await storage.connect()
     if storage.breaker.name is None:
         storage.breaker.name = name
+    if bus_storage is not None and isinstance(storage, LocalStorage) and storage.bus_hub is None:
+        await bus.bind(storage, name, typing.cast(str, storage.bus_name), bus_storage)
     previous = _storages.get(name)
     _storages[name] = storage
     _generation += 1
     if previous is not None and not _is_registered(previous):
         await _close_quietly(name, previous)
+
+
+def _bus_storage_of(name: str, storage: BaseStorage) -> BaseStorage | None:
+    """The registered storage that carries ``storage``'s bus, if it names one (checked first)."""
+    bus_name = storage.bus_name if isinstance(storage, LocalStorage) else None
+    if bus_name is None:
+        return None
+    bus_storage = _storages.get(bus_name)
+    if bus_storage is None:
+        raise StorageConfigError(
+            f"storage {name!r} listens on bus {bus_name!r}, which is not registered: register "
+            f"{bus_name!r} (the shared storage whose server carries the bus) first"
+        )
+    if bus_storage.is_local:
+        raise StorageConfigError(f"storage {name!r}: bus {bus_name!r} is a local storage; name a shared one")
+    bus_class_for(bus_storage)  # a scheme with no bus is an error here
+    return bus_storage
 
 
 async def unregister_storage(name: str) -> None:
@@ -73,6 +97,8 @@ def _is_registered(storage: BaseStorage) -> bool:
 
 async def _close_quietly(name: str, storage: BaseStorage) -> None:
     try:
+        if isinstance(storage, LocalStorage):
+            await bus.unbind(storage)
         await storage.close()
     except Exception:
         logger.exception("cacheme: closing storage %r failed", name)
@@ -84,6 +110,15 @@ def storage_health(name: str) -> HealthSnapshot:
     if storage is None:
         raise StorageNotRegistered(f"no storage is registered as {name!r}")
     return storage.breaker.snapshot()
+
+
+def bus_health(name: str) -> bus.BusSnapshot:
+    """The invalidation bus carried by the storage registered as ``name``: subscribed or not, and its
+    counters. A StorageNotRegistered error when no local storage listens on it."""
+    hub = bus.hub_named(name)
+    if hub is None:
+        raise StorageNotRegistered(f"no local storage listens on a bus of storage {name!r}")
+    return hub.snapshot()
 
 
 def registered_storages() -> dict[str, BaseStorage]:

@@ -52,10 +52,11 @@ class Flight:
     the engine needs to load the key, if it loads it on its own; it is
     dropped once the load has started. ``fallback`` is an entry that may
     answer the waiters if the load fails (stale_if_error), ``renewal`` marks
-    a background reload of a key that was served from a tier.
+    a background reload of a key that was served from a tier. ``epoch`` is
+    the module's ``epoch`` when the flight was made.
     """
 
-    __slots__ = ("waiters", "outcome", "error", "stale", "task", "source", "fallback", "renewal")
+    __slots__ = ("waiters", "outcome", "error", "stale", "task", "source", "fallback", "renewal", "epoch")
 
     def __init__(self, task: asyncio.Task[None] | None = None, source: Any = None) -> None:
         # Made on the first wait: most flights of a get_all are answered before anyone waits on them.
@@ -67,6 +68,8 @@ class Flight:
         self.source = source
         self.fallback: Entry | None = None
         self.renewal = False
+        # What the bus-bound local tiers had seen when the flight began (see ``epoch`` below).
+        self.epoch = epoch
 
     @property
     def done(self) -> bool:
@@ -182,6 +185,13 @@ class FlightTable:
             if flight.outcome is None and flight.error is None:
                 flight.fail(error or RuntimeError(f"cacheme: the fetch of {key!r} ended without a value"))
 
+    def void(self, keys: list[str] | None) -> None:
+        """Detach the flights of ``keys`` (every flight for None): another process changed them."""
+        for key in list(self.flights) if keys is None else keys:
+            flight = self.flights.get(key)
+            if flight is not None:
+                self.detach(key, flight)
+
     def detach(self, key: str, flight: Flight) -> None:
         """Mark ``flight`` stale and, if it is still the key's flight here, take it out of ``flights``.
 
@@ -227,6 +237,28 @@ async def settle(flight: Flight) -> None:
     task = flight.task
     if task is not None and not task.done():
         await asyncio.wait({task})
+
+
+# Moves (under cacheme.bus.LOCK) whenever the bus-bound local tiers may have lost an entry:
+# an invalidation received from another process, a bus connection lost or subscribed. A
+# fetch writes a bus-bound local tier only if its key was not invalidated since the epoch
+# it began in (cacheme.bus.may_write).
+epoch = 0
+
+
+def bump_epoch() -> int:
+    """Move ``epoch`` and return it; the caller holds cacheme.bus.LOCK."""
+    global epoch
+    epoch += 1
+    return epoch
+
+
+def void_everywhere(keys: list[str] | None) -> None:
+    """Detach the flights of ``keys`` (None: every flight) in every event loop, each in its own
+    thread: another process changed them, and what those fetches read may be the earlier value."""
+    for each in _every_table():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: no request will ask it again
+            each.loop.call_soon_threadsafe(each.void, keys)
 
 
 # The keys whose refresh or invalidate is running, in any thread, with how many

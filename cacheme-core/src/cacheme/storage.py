@@ -122,6 +122,10 @@ class LocalStorage(BaseStorage):
     """
 
     is_local: ClassVar[bool] = True
+    # The registered storage whose bus carries this storage's invalidations (``Storage(..., bus=)``),
+    # and the bus once bound (``cacheme.bus.BusHub``, set by register_storage).
+    bus_name: str | None = None
+    bus_hub: Any = None
 
     @abc.abstractmethod
     def get_sync(self, key: str) -> Any: ...
@@ -131,6 +135,11 @@ class LocalStorage(BaseStorage):
 
     @abc.abstractmethod
     def delete_sync(self, key: str) -> None: ...
+
+    def clear_sync(self) -> None:
+        """Drop every entry. Needed to listen on an invalidation bus (emptied when it loses its
+        connection); a storage without it cannot."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be emptied (no clear_sync)")
 
     async def connect(self) -> None:
         return None

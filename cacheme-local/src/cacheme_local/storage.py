@@ -124,6 +124,10 @@ class TLFUStorage(LocalStorage):
             if entry is not None:
                 self._untrack(key, entry[2])
 
+    def clear_sync(self) -> None:
+        with self._lock:
+            self._reset()
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -169,6 +173,10 @@ class LRUStorage(LocalStorage):
     def delete_sync(self, key: str) -> None:
         with self._lock:
             self._entries.pop(key, None)
+
+    def clear_sync(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
     def __len__(self) -> int:
         return len(self._entries)

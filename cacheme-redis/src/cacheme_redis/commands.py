@@ -103,6 +103,11 @@ class RedisCommands:
         async with self._slot():
             await self.client.delete(key)
 
+    async def publish(self, channel: str, payload: bytes) -> None:
+        """PUBLISH; on a cluster any node takes it and delivers it to every node's subscribers."""
+        async with self._slot():
+            await self.client.publish(channel, payload)
+
     async def delete_many(self, keys: Sequence[str]) -> None:
         unique = list(dict.fromkeys(keys))
         if not unique:

@@ -6,8 +6,9 @@ URLs: ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS) and
 ``options.py``).
 
 With ``batch=True`` (the default), the reads made in one turn of the event
-loop (``get`` and ``get_many`` alike) go to Redis as one MGET, and the
-writes (``set`` and ``set_many``) as one pipeline (see ``cacheme.batching``).
+loop (``get`` and ``get_many`` alike) go to Redis as one MGET, the writes
+(``set`` and ``set_many``) as one pipeline and the deletes as one DEL (see
+``cacheme.batching``).
 At most half the pool's connections carry read batches at once, and a
 quarter write batches (``batches_in_flight``): when Redis is slow and that
 many wait for it, what arrives meanwhile is sent as one batch as soon as one
@@ -85,6 +86,11 @@ class _LoopState:
         self.writes: Coalescer[WriteRequest, None] = Coalescer(
             loop, self._write_batch, max_in_flight=writes_in_flight
         )
+        # Each request is keys to delete (one for a delete); a batch is one DEL (one per slot on a
+        # cluster), sharing the writes' share of the pool.
+        self.deletes: Coalescer[Sequence[str], None] = Coalescer(
+            loop, self._delete_batch, max_in_flight=writes_in_flight
+        )
 
     async def _read_batch(self, requests: list[Sequence[str]]) -> list[list[bytes | None]]:
         if len(requests) == 1:
@@ -101,10 +107,15 @@ class _LoopState:
         await self.commands.set_many(*split_by_expiry(requests))
         return [None] * len(requests)
 
+    async def _delete_batch(self, requests: list[Sequence[str]]) -> list[None]:
+        await self.commands.delete_many([key for keys in requests for key in keys])
+        return [None] * len(requests)
+
     async def close(self) -> None:
         try:
             await self.reads.drain()
             await self.writes.drain()
+            await self.deletes.drain()
         finally:
             await self.commands.close()
 
@@ -195,10 +206,20 @@ class RedisStorage(BaseStorage):
             await state.commands.set_many(*split_by_expiry([request]))
 
     async def delete(self, key: str) -> None:
-        await (await self._state()).commands.delete(key)
+        state = self._states.current() or await self._states.get()
+        if self.settings.batch:
+            await state.deletes.submit((key,))
+        else:
+            await state.commands.delete(key)
 
     async def delete_many(self, keys: Sequence[str]) -> None:
-        await (await self._state()).commands.delete_many(keys)
+        if not keys:
+            return
+        state = self._states.current() or await self._states.get()
+        if self.settings.batch:
+            await state.deletes.submit(keys)
+        else:
+            await state.commands.delete_many(keys)
 
     def __repr__(self) -> str:
         parts = urlsplit(self.url)

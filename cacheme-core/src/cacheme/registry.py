@@ -64,9 +64,9 @@ async def register_storage(name: str, storage: BaseStorage) -> None:
 
 def _bus_storage_of(name: str, storage: BaseStorage) -> BaseStorage | None:
     """The registered storage that carries ``storage``'s bus, if it names one (checked first)."""
-    bus_name = storage.bus_name if isinstance(storage, LocalStorage) else None
-    if bus_name is None:
+    if not isinstance(storage, LocalStorage) or storage.bus_name is None:
         return None
+    bus_name = storage.bus_name
     bus_storage = _storages.get(bus_name)
     if bus_storage is None:
         raise StorageConfigError(
@@ -75,6 +75,11 @@ def _bus_storage_of(name: str, storage: BaseStorage) -> BaseStorage | None:
         )
     if bus_storage.is_local:
         raise StorageConfigError(f"storage {name!r}: bus {bus_name!r} is a local storage; name a shared one")
+    if type(storage).clear_sync is LocalStorage.clear_sync:
+        raise StorageConfigError(
+            f"storage {name!r} ({type(storage).__name__}) cannot listen on a bus: it has no clear_sync, "
+            "and a storage that lost its bus must be emptied"
+        )
     bus_class_for(bus_storage)  # a scheme with no bus is an error here
     return bus_storage
 

@@ -207,3 +207,26 @@ class Unclearable(cacheme.LocalStorage):
 
     async def close(self) -> None:
         return None
+
+
+async def test_every_event_loop_of_the_process_is_covered(bound: tuple[BoundChain, TcpProxy]) -> None:
+    # Two more loops in threads (one ended before the message comes): the bus thread serves them all.
+    chain, _ = bound
+    node = chain.node_class(id=7)
+
+    def in_a_thread_of_its_own() -> str:
+        async def read() -> str:
+            value: str = await cacheme.get(node)
+            return value
+
+        return asyncio.run(read())
+
+    first = await asyncio.to_thread(in_a_thread_of_its_own)
+    assert chain.local.get_sync(node.full_key()) is not MISSING
+    with redis.Redis(host=SHARED_HOST, port=SHARED_PORT) as client:
+        client.delete(node.full_key())  # what the other process's invalidate did to the shared tier
+    publish_from_another_process([node.full_key()])
+    await eventually(lambda: chain.local.get_sync(node.full_key()) is MISSING, 2)
+    second = await asyncio.to_thread(in_a_thread_of_its_own)
+    assert (first, second) == ("7-1", "7-2")
+    assert await cacheme.get(node) == "7-2"

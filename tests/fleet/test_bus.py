@@ -1,4 +1,4 @@
-"""The invalidation bus across real processes (issue 14), on the shared Redis and a Redis Cluster.
+"""The invalidation bus across real processes (issue 14): on the shared Redis, a Redis Cluster, PostgreSQL.
 
 Each member (tests/fleet/member.py) is a process of its own with its own event loop and a
 chain [local, shared]; the "database" is a counter per item in the shared Redis. A writer
@@ -8,6 +8,7 @@ started more than PROPAGATION after an invalidate returned serves the version it
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import pytest
 import redis
 
 from tests.fixtures.redis_servers import SHARED_HOST, SHARED_PORT, RedisClusterProcesses
+from tests.fixtures.sql_servers import POSTGRES_URL, drop_table, raw_postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = f"redis://{SHARED_HOST}:{SHARED_PORT}/0"
@@ -102,12 +104,34 @@ def _kill_pubsub(clients: list[redis.Redis]) -> int:
     return killed
 
 
-@pytest.fixture(params=["redis", "redis-cluster"])
+def _kill_listeners() -> int:
+    """Terminate the PostgreSQL bus's listening connections (named 'cacheme-bus'); how many."""
+
+    async def kill() -> int:
+        connection = await raw_postgres()
+        try:
+            killed = await connection.fetch(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                "cacheme-bus",
+            )
+        finally:
+            await connection.close()
+        return sum(1 for row in killed if row[0])
+
+    return asyncio.run(kill())
+
+
+@pytest.fixture(params=["redis", "redis-cluster", "postgresql"])
 def fleet(request: pytest.FixtureRequest) -> Iterator[Fleet]:
     prefix = f"fleet-{uuid.uuid4().hex[:8]}"
+    clients: list[redis.Redis] = []
     if request.param == "redis":
         clients = [redis.Redis(host=SHARED_HOST, port=SHARED_PORT)]
         yield Fleet(f"redis://{SHARED_HOST}:{SHARED_PORT}/0", {}, prefix, lambda: _kill_pubsub(clients))
+    elif request.param == "postgresql":
+        table = f"fleet_{prefix.replace('-', '_')}"
+        yield Fleet(POSTGRES_URL, {"table": table}, prefix, _kill_listeners)
+        asyncio.run(drop_table(POSTGRES_URL, table))
     else:
         cluster: RedisClusterProcesses = request.getfixturevalue("redis_cluster")
         clients = [server.client() for server in cluster.masters]

@@ -68,7 +68,8 @@ class Bus(abc.ABC):
     """What a backend implements to carry invalidations; built with the bus storage: ``Bus(storage)``.
 
     ``max_payload`` is the most bytes one payload may hold (the core splits
-    larger announcements). A payload is UTF-8 text.
+    larger announcements). A payload is JSON text, all ASCII (other characters
+    are escaped), so it fits any server's text type.
     """
 
     max_payload: ClassVar[int] = 64 * 1024
@@ -137,7 +138,7 @@ def _payload(keys: list[str] | None) -> bytes:
         body["all"] = True
     else:
         body["keys"] = keys
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    return json.dumps(body, separators=(",", ":")).encode()  # ASCII: \uXXXX escapes
 
 
 def decode(payload: bytes) -> tuple[str, list[str] | None]:

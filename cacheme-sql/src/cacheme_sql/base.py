@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
+from cacheme.batching import Coalescer
 from cacheme.errors import StorageConfigError
 from cacheme.loops import PerLoop
 from cacheme.storage import BaseStorage
@@ -160,6 +161,10 @@ class SqlStorage(BaseStorage, abc.ABC, Generic[PoolT]):
         self._pools: PerLoop[PoolT] = PerLoop(
             self._open_for_loop, self._close_for_loop, abandon=self._abandon_pool, name=f"pool of {self!r}"
         )
+        # The deletes of one loop turn (a burst of invalidations, say) go out as one delete_many.
+        self._deletes: PerLoop[Coalescer[str, None]] = PerLoop(
+            self._new_deletes, _drain, name=f"deletes of {self!r}"
+        )
 
     # -- what each database implements -------------------------------------------------------
 
@@ -235,6 +240,18 @@ class SqlStorage(BaseStorage, abc.ABC, Generic[PoolT]):
             self._sweep_forever(self.sweep_interval), name=f"cacheme-sql sweeper {self.table}"
         )
 
+    async def _new_deletes(self) -> Coalescer[str, None]:
+        return Coalescer(asyncio.get_running_loop(), self._delete_batch)
+
+    async def _delete_batch(self, keys: list[str]) -> list[None]:
+        await self.delete_many(keys)
+        return [None] * len(keys)
+
+    async def delete(self, key: str) -> None:
+        """Delete ``key``; the deletes of one loop turn are one statement (``delete_many``)."""
+        deletes = self._deletes.current() or await self._deletes.get()
+        await deletes.submit(key)
+
     def drop_connections(self) -> None:
         """This loop's pool is replaced at the next request; the old one is closed in the background."""
         self._pools.discard()
@@ -245,6 +262,7 @@ class SqlStorage(BaseStorage, abc.ABC, Generic[PoolT]):
 
         Another running loop's pool (and sweeper) is closed when that loop shuts down.
         """
+        await self._deletes.close()
         await self._pools.close()
 
     async def _close_for_loop(self, pool: PoolT) -> None:
@@ -287,3 +305,7 @@ class SqlStorage(BaseStorage, abc.ABC, Generic[PoolT]):
     def _safe_url(self) -> str:
         """The URL without its password, for logs."""
         return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", self.url)
+
+
+async def _drain(deletes: Coalescer[str, None]) -> None:
+    await deletes.drain()

@@ -216,9 +216,6 @@ class MySQLStorage(SqlStorage[aiomysql.Pool]):
             for batch in batches
         ]
 
-    async def delete(self, key: str) -> None:
-        await self.delete_many([key])
-
     async def delete_many(self, keys: Sequence[str]) -> None:
         if not keys:
             return

@@ -1,4 +1,4 @@
-"""Entry point of cacheme-sql: names the storage classes, imports no driver."""
+"""Entry point of cacheme-sql: names the storage and bus classes, imports no driver."""
 
 from __future__ import annotations
 
@@ -13,3 +13,9 @@ def cacheme_storage_schemes() -> dict[str, str]:
         "postgres": "cacheme_sql.postgresql:PostgreSQLStorage",
         "mysql": "cacheme_sql.mysql:MySQLStorage",
     }
+
+
+@hookimpl
+def cacheme_bus_schemes() -> dict[str, str]:
+    target = "cacheme_sql.postgresql_bus:PostgreSQLBus"
+    return {"postgresql": target, "postgres": target}

@@ -70,7 +70,6 @@ class PostgreSQLStorage(SqlStorage[asyncpg.Pool]):
             "SELECT h, k, v, now() + $4::interval, now() "
             f"FROM unnest($1::bytea[], $2::text[], $3::bytea[]) AS u(h, k, v) {upsert}"
         )
-        self._sql_delete = f"DELETE FROM {t} WHERE key_hash = $1"
         self._sql_delete_many = f"DELETE FROM {t} WHERE key_hash = ANY($1::bytea[])"
         self._sql_sweep = (
             f"DELETE FROM {t} WHERE key_hash IN "
@@ -163,10 +162,6 @@ class PostgreSQLStorage(SqlStorage[asyncpg.Pool]):
                 await connection.execute(self._sql_set_many, hashes, keys, values, interval)
 
         await retry_once_on_deadlock(write, _is_deadlock)
-
-    async def delete(self, key: str) -> None:
-        async with self._acquire() as connection:
-            await connection.execute(self._sql_delete, key_hash(key))
 
     async def delete_many(self, keys: Sequence[str]) -> None:
         if not keys:

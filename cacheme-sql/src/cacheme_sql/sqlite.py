@@ -194,9 +194,6 @@ class SQLiteStorage(SqlStorage[_Pool]):
                 raise
             await connection.execute("COMMIT")
 
-    async def delete(self, key: str) -> None:
-        await self.delete_many([key])
-
     async def delete_many(self, keys: Sequence[str]) -> None:
         hashes = [key_hash(key) for key in set(keys)]
         async with self._connection() as connection:

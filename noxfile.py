@@ -156,12 +156,19 @@ def bench(session: nox.Session) -> None:
 
     Not run by CI. Arguments go to benchmarks/run.py, e.g. ``nox -s bench -- --quick``;
     ``nox -s bench -- outage [--rounds 3]`` runs benchmarks/outage.py (Redis failing) instead;
-    ``nox -s bench -- storm [--rounds 3]`` runs benchmarks/storm.py (one hot key at its expiry).
+    ``nox -s bench -- storm [--rounds 3]`` runs benchmarks/storm.py (one hot key at its expiry);
+    ``nox -s bench -- coherence [--rounds 3]`` runs benchmarks/coherence.py (the invalidation bus
+    between two processes, over Redis and the local PostgreSQL).
     """
-    install(session, "newest", "cacheme-core", "cacheme-local", "cacheme-redis[hiredis]")
+    distributions = ["cacheme-core", "cacheme-local", "cacheme-redis[hiredis]"]
+    if session.posargs[:1] == ["coherence"]:
+        distributions.append("cacheme-sql[postgres]")  # the PostgreSQL bus
+    install(session, "newest", *distributions)
     if session.posargs[:1] == ["outage"]:
         session.run("python", "benchmarks/outage.py", *session.posargs[1:])
     elif session.posargs[:1] == ["storm"]:
         session.run("python", "benchmarks/storm.py", *session.posargs[1:])
+    elif session.posargs[:1] == ["coherence"]:
+        session.run("python", "benchmarks/coherence.py", *session.posargs[1:])
     else:
         session.run("python", "benchmarks/run.py", *session.posargs)

@@ -11,7 +11,8 @@ and its arguments:
   for ``seconds``, one get every ``interval``; print one JSON line: the reads as
   ``[started_at, id, version]``, and the bus's counters.
 - ``writer``: print ``ready``; for each of ``updates`` rounds: for each id, bump the source
-  and ``invalidate`` the node; record ``[id, version, returned_at]``; print one JSON line.
+  and ``invalidate`` the node (``refresh`` it with ``refresh: true``); record
+  ``[id, version, returned_at]``; print one JSON line.
 - ``burst``: print ``ready``, then invalidate the nodes of ``ids`` all at once (one loop
   turn); print one JSON line with how long it took.
 - ``holder``: get every node of ``ids``, print ``ready``, wait until the bus dropped
@@ -105,7 +106,10 @@ async def writer() -> None:
     for _ in range(SPEC["updates"]):
         for i in SPEC["ids"]:
             version = await Item.source.incr(f"{SPEC['prefix']}:source:{i}")
-            await cacheme.invalidate(Item(id=i))
+            if SPEC.get("refresh"):
+                await cacheme.refresh(Item(id=i))  # the new value written everywhere, then announced
+            else:
+                await cacheme.invalidate(Item(id=i))
             changes.append((i, version, time.time()))
         await asyncio.sleep(SPEC["interval"])
     say(json.dumps({"changes": changes, "bus": counters()}))

@@ -159,11 +159,16 @@ def stale_reads(reads: list[list[Any]], changes: list[list[Any]]) -> list[tuple[
 
 
 def run_readers_and_writer(
-    fleet: Fleet, *, reader_bus: bool = True, during: Any = None, logged: tuple[str, ...] = ()
+    fleet: Fleet,
+    *,
+    reader_bus: bool = True,
+    during: Any = None,
+    logged: tuple[str, ...] = (),
+    refresh: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     ids = list(range(1, 6))
     reader = Member({**fleet.spec("reader", ids=ids, seconds=4.0, interval=0.002), "bus": reader_bus})
-    writer = Member(fleet.spec("writer", ids=ids, updates=30, interval=0.05))
+    writer = Member(fleet.spec("writer", ids=ids, updates=30, interval=0.05, refresh=refresh))
     try:
         reader.ready()
         writer.ready()
@@ -175,8 +180,9 @@ def run_readers_and_writer(
         writer.stop()
 
 
-def test_after_invalidate_returns_every_process_serves_the_new_value(fleet: Fleet) -> None:
-    read, written = run_readers_and_writer(fleet)
+@pytest.mark.parametrize("refresh", [False, True], ids=["invalidate", "refresh"])
+def test_after_invalidate_returns_every_process_serves_the_new_value(fleet: Fleet, refresh: bool) -> None:
+    read, written = run_readers_and_writer(fleet, refresh=refresh)
     assert len(written["changes"]) == 150
     assert stale_reads(read["reads"], written["changes"]) == []
     assert max(version for _, _, version in read["reads"]) >= 25  # the reader saw the updates

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -230,3 +232,25 @@ async def test_every_event_loop_of_the_process_is_covered(bound: tuple[BoundChai
     second = await asyncio.to_thread(in_a_thread_of_its_own)
     assert (first, second) == ("7-1", "7-2")
     assert await cacheme.get(node) == "7-2"
+
+
+def test_a_forked_child_listens_by_itself(tmp_path: Path) -> None:
+    # Pre-forking servers register at start-up, then fork their workers: the bus thread does not
+    # come along, so the child starts one of its own, its local storages emptied.
+    prefix = f"forked-{uuid.uuid4().hex[:8]}"
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.fleet.forked", prefix],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    with redis.Redis(host=SHARED_HOST, port=SHARED_PORT) as client:
+        keys = list(client.scan_iter(match=f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+    assert done.stdout.splitlines() == [
+        "child: local held the key after the fork: False",
+        "child: subscribed, stored, dropped",
+        "parent: child exited 0",
+    ], done.stdout + done.stderr

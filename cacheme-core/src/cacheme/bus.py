@@ -389,6 +389,28 @@ def _bus_thread() -> _BusThread:
         return _thread
 
 
+def _listen_again_after_fork() -> None:
+    """In a child made by ``os.fork`` (a pre-forking server): the bus thread did not come along.
+
+    Every bus starts unsubscribed (its storages emptied, as after a loss) and
+    listens again from a bus thread of the child's own.
+    """
+    global LOCK, _thread, _thread_lock
+    LOCK = threading.Lock()  # another thread of the parent may have held it at the fork
+    _thread_lock = threading.Lock()
+    _thread = None
+    for hub in list(_hubs.values()):
+        hub.subscribed = False
+        hub._first = threading.Event()
+        hub._task = None
+        hub._empty()
+        _bus_thread().start(hub)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_listen_again_after_fork)
+
+
 # ---------------------------------------------------------------- binding (called by the registry)
 
 _hubs: dict[int, BusHub] = {}  # by id() of the bus storage

@@ -9,6 +9,7 @@ import random
 import struct
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -448,3 +449,46 @@ async def test_thousands_of_requests_cancelled_at_random_points_leave_nothing_st
     assert singleflight.in_flight_count() == 0
     stats = cacheme.stats(timed)
     assert stats.refresh_count() > 0 and stats.load_failure_count() == 0
+
+
+async def test_one_background_reload_per_key_across_the_event_loops_of_the_process(chain: Chain) -> None:
+    # Four threads, each its own loop, hit the same due entry at once: one reload, not four.
+    timed = node_class([(chain.local_name, 5), (chain.redis_name, 5)], refresh_after=0.1, source_seconds=0.3)
+    node = timed(id=90)
+    assert await cacheme.get(node) == "90-1"
+    await flights_done()
+    await asyncio.sleep(0.15)
+    start = threading.Barrier(4)
+
+    def hit_in_a_loop_of_its_own() -> list[str]:
+        async def hits() -> list[str]:
+            start.wait()
+            values = [await cacheme.get(node) for _ in range(50)]
+            await asyncio.sleep(0.5)  # the reload (0.3 s) ends within this loop's life, or not
+            return values
+
+        return asyncio.run(hits())
+
+    results = await asyncio.gather(*(asyncio.to_thread(hit_in_a_loop_of_its_own) for _ in range(4)))
+    assert {value for values in results for value in values} == {"90-1"}
+    assert cacheme.stats(timed).refresh_count() == 1
+    assert timed.loads == 2
+
+
+async def test_a_reload_cut_off_by_its_loops_end_does_not_block_the_next(chain: Chain) -> None:
+    timed = node_class([(chain.local_name, 5), (chain.redis_name, 5)], refresh_after=0.1)
+    node = timed(id=91)
+    assert await cacheme.get(node) == "91-1"
+    await flights_done()
+    await asyncio.sleep(0.15)
+
+    async def hit_and_end() -> str:
+        value: str = await cacheme.get(node)  # starts the reload; asyncio.run then cancels it
+        return value
+
+    assert await asyncio.to_thread(asyncio.run, hit_and_end()) == "91-1"
+    assert cacheme.stats(timed).refresh_count() == 1
+    assert await cacheme.get(node) == "91-1"  # a reload again, in this loop
+    await flights_done()
+    assert cacheme.stats(timed).refresh_count() == 2
+    assert await cacheme.get(node) == "91-2"

@@ -11,9 +11,11 @@ finishing its flights (singleflight): its waiters get the value or the error.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import random
+import threading
 import time
 import typing
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
@@ -173,7 +175,8 @@ def renew(
     load: Loader | None,
     entry: Entry,
 ) -> None:
-    """Reload ``key`` in the background and rewrite every tier, unless the key is being fetched.
+    """Reload ``key`` in the background and rewrite every tier, unless the key is being fetched
+    here or reloaded in another event loop of the process (one reload per key per process).
 
     The reload is a flight of the key: requests that miss meanwhile wait for
     it. Its failure is logged and counted, never raised; ``entry`` answers
@@ -182,6 +185,10 @@ def renew(
     if key in table.flights:
         return
     flight = singleflight.Flight(source=(node, load))
+    with _renewing_lock:
+        if key in _renewing:
+            return
+        _renewing[key] = flight
     flight.renewal = True
     flight.fallback = entry
     if _changing and key in _changing:
@@ -189,6 +196,15 @@ def renew(
     table.flights[key] = flight
     config.metrics._refreshes += 1
     flight.task = table.spawn(_load_and_write(table, config, key, flight))
+    # However the task ends (cancelled before it ran, at a loop's shutdown, too).
+    flight.task.add_done_callback(functools.partial(_renewal_ended, key, flight))
+
+
+def _renewal_ended(key: str, flight: singleflight.Flight, _task: object = None) -> None:
+    """The reload of ``key`` by ``flight`` is over: another may start."""
+    with _renewing_lock:
+        if _renewing.get(key) is flight:
+            del _renewing[key]
 
 
 def _answer_stale(config: NodeConfig, flight: singleflight.Flight) -> bool:
@@ -203,6 +219,10 @@ def _answer_stale(config: NodeConfig, flight: singleflight.Flight) -> bool:
     config.metrics._stale += 1
     return True
 
+
+# The keys being reloaded in the background, in any event loop of the process, and by which flight.
+_renewing: dict[str, singleflight.Flight] = {}
+_renewing_lock = threading.Lock()
 
 _renewal_logged: dict[str, float] = {}
 
@@ -420,6 +440,8 @@ async def _load_and_write(
             raise
     finally:
         table.finish(((key, flight),), error)
+        if flight.renewal:
+            _renewal_ended(key, flight)
 
 
 async def fetch_many(

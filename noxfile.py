@@ -134,7 +134,7 @@ def mongo(session: nox.Session, drivers: str) -> None:
 @DRIVERS
 def integration(session: nox.Session, drivers: str) -> None:
     install(session, drivers, *ALL)
-    session.run("pytest", "tests/integration", "tests/loops", *session.posargs)
+    session.run("pytest", "tests/integration", "tests/loops", "tests/fleet", *session.posargs)
 
 
 @nox.session

@@ -25,7 +25,6 @@ and characters are the same count in any database encoding).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -49,8 +48,6 @@ APPLICATION_NAME = "cacheme-bus"
 HEARTBEAT = 1.0
 # PostgreSQL's limit (of its default build): a NOTIFY payload must be shorter than 8000 bytes.
 MAX_NOTIFY_PAYLOAD = 7999
-# The most a graceful close of the listening connection waits before cutting it.
-CLOSE_TIMEOUT = 1.0
 
 _SQL_NOTIFY = "SELECT pg_notify($1, $2)"
 
@@ -118,10 +115,9 @@ class PostgreSQLBus(Bus):
             await _watch(connection, lost, failure)
         except BaseException as error:
             end(error)  # nothing is delivered any more
-            if isinstance(error, asyncio.CancelledError):  # the bus is closed
-                await _close(connection)
-            else:
-                connection.terminate()  # lost or silent: nothing to wait for
+            # Cut, never closed gracefully: a heartbeat cancelled under a silent server leaves asyncpg
+            # a cancel request to send, which a graceful close waits for (60 s with asyncpg 0.29).
+            connection.terminate()
             raise
 
     async def _connect(self) -> Any:
@@ -149,15 +145,3 @@ async def _watch(connection: Any, lost: asyncio.Future[None], failure: list[Base
             raise ConnectionError(f"postgresql bus: no answer to SELECT 1 within {HEARTBEAT:g} s") from error
         if failure:  # closed while the SELECT ran (its answer read just before the close)
             raise failure[0]
-
-
-async def _close(connection: Any) -> None:
-    """Close gracefully within CLOSE_TIMEOUT, else cut the connection; raise nothing but a cancellation."""
-    try:
-        await connection.close(timeout=CLOSE_TIMEOUT)
-    except asyncio.CancelledError:
-        connection.terminate()
-        raise
-    except Exception:
-        with contextlib.suppress(Exception):
-            connection.terminate()

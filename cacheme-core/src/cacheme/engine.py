@@ -18,8 +18,9 @@ from cacheme import registry, singleflight
 from cacheme.chain import delete, local_read_failed, write_local, write_remotes
 from cacheme.config import NodeConfig, configure, not_a_node
 from cacheme.entry import Entry
-from cacheme.fetch import Loader, answers, fetch_many, in_order, load_one, want
+from cacheme.fetch import answers, fetch_many, in_order, want
 from cacheme.node import Loadable, Node
+from cacheme.source import Loader, load_one
 from cacheme.stats import Metrics
 from cacheme.storage import MISSING
 

@@ -6,6 +6,9 @@ missing that loads it from its source and writes it back
 (``_load_and_write``). ``get_all``'s misses are fetched by one task
 (``fetch_many``) that reads, loads and writes in batches. Each task ends by
 finishing its flights (singleflight): its waiters get the value or the error.
+A background reload (refresh_after, early_refresh) is a fetch task too
+(``renew``), and a failed load may answer with an expired entry
+(stale_if_error). Calling the source itself is ``cacheme.source``'s job.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import random
 import threading
 import time
 import typing
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cacheme import singleflight
@@ -33,17 +36,15 @@ from cacheme.chain import (
 from cacheme.entry import Entry
 from cacheme.node import Node
 from cacheme.refresh import Verdict, judge, stale_usable
+from cacheme.source import Loader, load_many, load_one
 from cacheme.storage import LocalStorage
 
 if TYPE_CHECKING:
     from cacheme.config import NodeConfig
 
-__all__ = ["Loader", "answers", "fetch_many", "load_one", "renew", "want"]
+__all__ = ["answers", "fetch_many", "renew", "want"]
 
 logger = logging.getLogger("cacheme")
-
-# A source used instead of ``node.load()``: called with the node (``get(node, load_fn)``, Memoize).
-Loader = Callable[[Any], Awaitable[Any]]
 
 # The keys being refreshed or invalidated (the same dict as singleflight.changing, never rebound).
 # A flight made for one of them is made stale: it may read the value being replaced.
@@ -57,95 +58,6 @@ def _admitted(config: NodeConfig, key: str) -> bool:
         return True
     doorkeeper.put(key)
     return False
-
-
-# ---------------------------------------------------------------- loading
-
-
-async def load_one(config: NodeConfig, node: Node, load: Loader | None) -> Entry:
-    """The node's value from its source, as a fresh entry (loaded now, with its load time)."""
-    metrics = config.metrics
-    started = time.perf_counter_ns()
-    try:
-        value = await (node.load() if load is None else load(node))
-    except BaseException:
-        metrics._load_failures += 1
-        metrics._load_time_ns += time.perf_counter_ns() - started
-        raise
-    elapsed = time.perf_counter_ns() - started
-    metrics._load_successes += 1
-    metrics._load_time_ns += elapsed
-    return Entry(value, time.time(), elapsed / 1e9, None)
-
-
-def values_in_order(node_class: type[Node], nodes: Sequence[Node], returned: object) -> list[Any]:
-    """The values ``load_all`` returned for ``nodes``, in the order of ``nodes``.
-
-    ``load_all`` may return one of three forms; anything else is an error,
-    never a wrong value:
-
-    - the values, in the order of ``nodes`` (one per node);
-    - ``(node, value)`` pairs in any order (cacheme 0.3.0's form): every node
-      asked for must have one; pairs for other nodes are ignored;
-    - a mapping from node to value, with the same rule.
-    """
-    name = f"{node_class.__qualname__}.load_all"
-    if isinstance(returned, Mapping):
-        return _values_by_key(name, nodes, ((node, value) for node, value in returned.items()))
-    if not isinstance(returned, Sequence) or isinstance(returned, (str, bytes, bytearray)):
-        raise TypeError(
-            f"{name} must return a list of values in the nodes' order, a list of (node, value) pairs "
-            f"or a dict from node to value; it returned a {type(returned).__name__}"
-        )
-    pairs = sum(1 for item in returned if _is_pair(item))
-    if pairs and pairs == len(returned):
-        return _values_by_key(name, nodes, returned)
-    if pairs:
-        raise TypeError(
-            f"{name} returned {pairs} (node, value) pairs among {len(returned) - pairs} other items: "
-            "return either the values in the nodes' order or a (node, value) pair for every node"
-        )
-    if len(returned) != len(nodes):
-        raise ValueError(f"{name} returned {len(returned)} values for {len(nodes)} nodes")
-    return list(returned)
-
-
-def _is_pair(item: object) -> bool:
-    return isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], Node)
-
-
-def _values_by_key(name: str, nodes: Sequence[Node], pairs: Iterable[tuple[Node, Any]]) -> list[Any]:
-    by_key: dict[str, Any] = {}
-    for node, value in pairs:
-        if not isinstance(node, Node):
-            raise TypeError(f"{name} returned a mapping whose key {node!r} is not a node")
-        by_key[node.full_key()] = value
-    absent = [node for node in nodes if node.full_key() not in by_key]
-    if absent:
-        shown = ", ".join(repr(node) for node in absent[:5])
-        more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
-        raise ValueError(f"{name} returned no value for {len(absent)} of {len(nodes)} nodes: {shown}{more}")
-    return [by_key[node.full_key()] for node in nodes]
-
-
-async def _load_many(config: NodeConfig, nodes: Sequence[Node]) -> list[Entry]:
-    """The nodes' values from the class's ``load_all``, as fresh entries (the batch's time each)."""
-    metrics = config.metrics
-    started = time.perf_counter_ns()
-    try:
-        values = values_in_order(config.node_class, nodes, await config.node_class.load_all(nodes))
-    except BaseException:
-        metrics._load_failures += len(nodes)
-        metrics._load_time_ns += time.perf_counter_ns() - started
-        raise
-    elapsed = time.perf_counter_ns() - started
-    metrics._load_successes += len(nodes)
-    metrics._load_time_ns += elapsed
-    return _fresh_entries(values, time.time(), elapsed / 1e9)
-
-
-def _fresh_entries(values: list[Any], loaded_at: float, load_time: float) -> list[Entry]:
-    return [Entry(value, loaded_at, load_time, None) for value in values]
 
 
 # ---------------------------------------------------------------- refresh-ahead and stale-if-error
@@ -506,7 +418,7 @@ async def _load_batch(
     its fallback instead when it may).
     """
     try:
-        entries = await _load_many(config, nodes)
+        entries = await load_many(config, nodes)
     except Exception as caught:
         for key in missing:
             flight = flights[key]

@@ -1,0 +1,110 @@
+"""The source: calling a node's ``load`` (or ``load_fn``) and its class's ``load_all``.
+
+Each call is timed and counted in the node's stats, and its value becomes a
+fresh entry (loaded now, with the time the load took). ``load_all`` may
+answer in three forms (``values_in_order``); anything else is an error,
+never a wrong value.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from cacheme.entry import Entry
+from cacheme.node import Node
+
+if TYPE_CHECKING:
+    from cacheme.config import NodeConfig
+
+__all__ = ["Loader", "load_many", "load_one", "values_in_order"]
+
+# A source used instead of ``node.load()``: called with the node (``get(node, load_fn)``, Memoize).
+Loader = Callable[[Any], Awaitable[Any]]
+
+
+async def load_one(config: NodeConfig, node: Node, load: Loader | None) -> Entry:
+    """The node's value from its source, as a fresh entry (loaded now, with its load time)."""
+    metrics = config.metrics
+    started = time.perf_counter_ns()
+    try:
+        value = await (node.load() if load is None else load(node))
+    except BaseException:
+        metrics._load_failures += 1
+        metrics._load_time_ns += time.perf_counter_ns() - started
+        raise
+    elapsed = time.perf_counter_ns() - started
+    metrics._load_successes += 1
+    metrics._load_time_ns += elapsed
+    return Entry(value, time.time(), elapsed / 1e9, None)
+
+
+def values_in_order(node_class: type[Node], nodes: Sequence[Node], returned: object) -> list[Any]:
+    """The values ``load_all`` returned for ``nodes``, in the order of ``nodes``.
+
+    ``load_all`` may return one of three forms; anything else is an error,
+    never a wrong value:
+
+    - the values, in the order of ``nodes`` (one per node);
+    - ``(node, value)`` pairs in any order (cacheme 0.3.0's form): every node
+      asked for must have one; pairs for other nodes are ignored;
+    - a mapping from node to value, with the same rule.
+    """
+    name = f"{node_class.__qualname__}.load_all"
+    if isinstance(returned, Mapping):
+        return _values_by_key(name, nodes, ((node, value) for node, value in returned.items()))
+    if not isinstance(returned, Sequence) or isinstance(returned, (str, bytes, bytearray)):
+        raise TypeError(
+            f"{name} must return a list of values in the nodes' order, a list of (node, value) pairs "
+            f"or a dict from node to value; it returned a {type(returned).__name__}"
+        )
+    pairs = sum(1 for item in returned if _is_pair(item))
+    if pairs and pairs == len(returned):
+        return _values_by_key(name, nodes, returned)
+    if pairs:
+        raise TypeError(
+            f"{name} returned {pairs} (node, value) pairs among {len(returned) - pairs} other items: "
+            "return either the values in the nodes' order or a (node, value) pair for every node"
+        )
+    if len(returned) != len(nodes):
+        raise ValueError(f"{name} returned {len(returned)} values for {len(nodes)} nodes")
+    return list(returned)
+
+
+def _is_pair(item: object) -> bool:
+    return isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], Node)
+
+
+def _values_by_key(name: str, nodes: Sequence[Node], pairs: Iterable[tuple[Node, Any]]) -> list[Any]:
+    by_key: dict[str, Any] = {}
+    for node, value in pairs:
+        if not isinstance(node, Node):
+            raise TypeError(f"{name} returned a mapping whose key {node!r} is not a node")
+        by_key[node.full_key()] = value
+    absent = [node for node in nodes if node.full_key() not in by_key]
+    if absent:
+        shown = ", ".join(repr(node) for node in absent[:5])
+        more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
+        raise ValueError(f"{name} returned no value for {len(absent)} of {len(nodes)} nodes: {shown}{more}")
+    return [by_key[node.full_key()] for node in nodes]
+
+
+async def load_many(config: NodeConfig, nodes: Sequence[Node]) -> list[Entry]:
+    """The nodes' values from the class's ``load_all``, as fresh entries (the batch's time each)."""
+    metrics = config.metrics
+    started = time.perf_counter_ns()
+    try:
+        values = values_in_order(config.node_class, nodes, await config.node_class.load_all(nodes))
+    except BaseException:
+        metrics._load_failures += len(nodes)
+        metrics._load_time_ns += time.perf_counter_ns() - started
+        raise
+    elapsed = time.perf_counter_ns() - started
+    metrics._load_successes += len(nodes)
+    metrics._load_time_ns += elapsed
+    return _fresh_entries(values, time.time(), elapsed / 1e9)
+
+
+def _fresh_entries(values: list[Any], loaded_at: float, load_time: float) -> list[Entry]:
+    return [Entry(value, loaded_at, load_time, None) for value in values]

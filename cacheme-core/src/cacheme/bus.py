@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from cacheme import singleflight
 from cacheme.batching import Coalescer
 from cacheme.loops import PerLoop
+from cacheme.plugins import bus_class_for
 
 if TYPE_CHECKING:
     from datetime import timedelta
@@ -419,8 +420,6 @@ _hubs: dict[int, BusHub] = {}  # by id() of the bus storage
 async def bind(local: LocalStorage, local_name: str, bus_name: str, bus_storage: BaseStorage) -> BusHub:
     """Bind ``local`` to the bus of ``bus_storage``: start listening if nobody does yet, and wait
     (at most FIRST_SUBSCRIPTION_TIMEOUT) for the first subscription."""
-    from cacheme.plugins import bus_class_for  # the plugins module imports the registry's modules
-
     hub = _hubs.get(id(bus_storage))
     if hub is None:
         bus = bus_class_for(bus_storage)(bus_storage)

@@ -40,7 +40,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from cacheme import singleflight
 from cacheme.batching import Coalescer
@@ -304,20 +304,7 @@ class BusHub:
             )
 
     async def _listen_forever(self) -> None:
-        attempt = 0
-        while True:
-            try:
-                await self.bus.listen(self._subscribed, self._deliver)
-                error: BaseException = ConnectionError("the bus stopped listening")
-            except asyncio.CancelledError:
-                raise
-            except Exception as caught:
-                error = caught
-            if self.subscribed:
-                attempt = 0
-            self._lose(error)
-            await asyncio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
-            attempt += 1
+        await listen_forever(self.bus, self._subscribed, self._deliver, self._lose, lambda: self.subscribed)
 
     def snapshot(self) -> BusSnapshot:
         return BusSnapshot(
@@ -334,7 +321,40 @@ async def _drain(sender: Coalescer[str, None]) -> None:
     await sender.drain()
 
 
+async def listen_forever(
+    bus: Bus,
+    subscribed: Callable[[], None],
+    deliver: Callable[[bytes], None],
+    lost: Callable[[BaseException], None],
+    is_subscribed: Callable[[], bool],
+) -> None:
+    """Run ``bus.listen`` again and again until cancelled: ``lost(error)`` after each loss, then
+    wait (RETRY_DELAYS, back to the first after a subscription that held) and subscribe again."""
+    attempt = 0
+    while True:
+        try:
+            await bus.listen(subscribed, deliver)
+            error: BaseException = ConnectionError("the bus stopped listening")
+        except asyncio.CancelledError:
+            raise
+        except Exception as caught:
+            error = caught
+        if is_subscribed():
+            attempt = 0
+        lost(error)
+        await asyncio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
+        attempt += 1
+
+
 # ---------------------------------------------------------------- the bus thread
+
+
+class Listener(Protocol):
+    """What the bus thread runs: a hub's ``_listen_forever``, its task kept in ``_task``."""
+
+    _task: asyncio.Task[None] | None
+
+    async def _listen_forever(self) -> None: ...
 
 
 class _BusThread:
@@ -349,13 +369,13 @@ class _BusThread:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
-    def start(self, hub: BusHub) -> None:
+    def start(self, hub: Listener) -> None:
         def begin() -> None:
             hub._task = self.loop.create_task(hub._listen_forever())
 
         self.loop.call_soon_threadsafe(begin)
 
-    def stop(self, hub: BusHub) -> None:
+    def stop(self, hub: Listener) -> None:
         def end() -> None:
             if hub._task is not None:
                 hub._task.cancel()
@@ -381,7 +401,7 @@ _thread: _BusThread | None = None
 _thread_lock = threading.Lock()
 
 
-def _bus_thread() -> _BusThread:
+def bus_thread() -> _BusThread:
     global _thread
     with _thread_lock:
         if _thread is None:
@@ -405,7 +425,7 @@ def _listen_again_after_fork() -> None:
         hub._first = threading.Event()
         hub._task = None
         hub._empty()
-        _bus_thread().start(hub)
+        bus_thread().start(hub)
 
 
 if hasattr(os, "register_at_fork"):
@@ -425,7 +445,7 @@ async def bind(local: LocalStorage, local_name: str, bus_name: str, bus_storage:
         bus = bus_class_for(bus_storage)(bus_storage)
         hub = _hubs[id(bus_storage)] = BusHub(bus_name, bus, bus_storage.health.write_timeout)
         hub.storages.append(local)
-        _bus_thread().start(hub)
+        bus_thread().start(hub)
     elif local not in hub.storages:
         with LOCK:
             if hub.subscribed:
@@ -456,7 +476,7 @@ async def unbind(local: LocalStorage) -> None:
         for key, found in list(_hubs.items()):
             if found is hub:
                 del _hubs[key]
-        _bus_thread().stop(hub)
+        bus_thread().stop(hub)
         await hub._senders.close()
         try:
             await hub.bus.close()

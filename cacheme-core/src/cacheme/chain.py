@@ -15,13 +15,13 @@ import asyncio
 import logging
 import time
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from cacheme.entry import Entry, copy_expiry, pack, unpack
+from cacheme.entry import LEASE_MARK, Entry, copy_expiry, pack, unpack
 from cacheme.health import within
-from cacheme.storage import MISSING, BaseStorage, LocalStorage
+from cacheme.storage import MISSING, BaseStorage, LocalStorage, ttl_milliseconds
 
 if TYPE_CHECKING:
     from cacheme.bus import BusHub
@@ -33,6 +33,7 @@ __all__ = [
     "Tier",
     "decode_found",
     "delete",
+    "guarded",
     "local_read_failed",
     "read_remote",
     "storage_failed",
@@ -41,6 +42,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("cacheme")
+
+T = TypeVar("T")
 
 # A storage that keeps failing is logged at most once per this many seconds.
 ERROR_LOG_INTERVAL = 1.0
@@ -84,9 +87,12 @@ def storage_failed(
             tier.name,
             config.node_class.__qualname__,
             _short_repr(error),
-            "a miss" if operation == "read" else "skipped",
+            _TREATED_AS.get(operation, "skipped"),
             ERROR_LOG_INTERVAL,
         )
+
+
+_TREATED_AS = {"read": "a miss", "lease": "no lease: each process loads by itself"}
 
 
 def _short_repr(error: BaseException) -> str:
@@ -114,11 +120,13 @@ def decode_found(
     """The entries in the bytes a remote tier returned, and the serialized value of each.
 
     Bytes that do not decode (or carry a header this version does not read)
-    are counted misses.
+    are counted misses; a lease's mark is a miss.
     """
     entries: dict[str, Entry] = {}
     bodies: dict[str, bytes] = {}
     for key, raw in raws.items():
+        if raw[:4] == LEASE_MARK:  # leased: being loaded by some process
+            continue
         try:
             loaded_at, load_time, expires_at, body = unpack(raw)
             value = _decode(config, body)
@@ -193,13 +201,15 @@ async def write_remotes(
     bodies: Mapping[str, bytes] | None = None,
     *,
     write_back: bool = True,
+    marks: Mapping[str, bytes] | None = None,
 ) -> None:
     """Write ``entries`` into the remote tiers among ``tiers``, concurrently.
 
     ``bodies`` holds serialized values already read for some keys, written as
     they are (behind a new header). A ``write_back`` (a fetch's, whose callers
     were answered already) is not given up when its task is cancelled: see
-    ``write_remote``.
+    ``write_remote``. The keys of ``marks`` hold a lease in the node's lease
+    tier: that tier gets them only where the lease still stands.
     """
     remote = [tier for tier in tiers if not tier.local]
     if not remote or not entries:
@@ -222,7 +232,8 @@ async def write_remotes(
     for tier in remote:
         payload, ttl = _payload(config, tier, entries, serialized, now)
         if payload:
-            writes.append(_write_remote(config, tier, payload, ttl, write_back))
+            fenced = marks if marks and tier is config.lease_tier else None
+            writes.append(_write_remote(config, tier, payload, ttl, write_back, fenced))
     if len(writes) == 1:
         await writes[0]
         return
@@ -260,7 +271,12 @@ def _payload(
 
 
 async def _write_remote(
-    config: NodeConfig, tier: Tier, payload: Mapping[str, bytes], ttl: timedelta | None, write_back: bool
+    config: NodeConfig,
+    tier: Tier,
+    payload: Mapping[str, bytes],
+    ttl: timedelta | None,
+    write_back: bool,
+    marks: Mapping[str, bytes] | None,
 ) -> None:
     """Write ``payload`` into one remote tier; a failure is counted and logged, never raised.
 
@@ -270,12 +286,12 @@ async def _write_remote(
     The loop's shutdown waits for it; the fetch then ends normally.
     """
     try:
-        await _send(config, tier, payload, ttl)
+        await _send(config, tier, payload, ttl, marks)
     except asyncio.CancelledError:
         if not write_back:
             raise
         _uncancel_current_task()
-        await _send(config, tier, payload, ttl)
+        await _send(config, tier, payload, ttl, marks)
 
 
 def _uncancel_current_task() -> None:
@@ -286,30 +302,75 @@ def _uncancel_current_task() -> None:
         uncancel()
 
 
-async def _send(config: NodeConfig, tier: Tier, payload: Mapping[str, bytes], ttl: timedelta | None) -> None:
+async def _send(
+    config: NodeConfig,
+    tier: Tier,
+    payload: Mapping[str, bytes],
+    ttl: timedelta | None,
+    marks: Mapping[str, bytes] | None = None,
+) -> None:
     """One write of ``payload`` to ``tier``, under the storage's write deadline and breaker.
 
-    Skipped while the breaker is open; a failure (or the deadline) is counted,
-    logged and fed to the breaker, never raised. A cancel is raised.
+    The keys of ``marks`` (leases held in this tier, see ``cacheme.lease``)
+    are written only where their lease still stands. Skipped while the
+    breaker is open; a failure (or the deadline) is counted, logged and fed
+    to the breaker, never raised. A cancel is raised.
+    """
+    if marks:
+        fenced = {key: raw for key, raw in payload.items() if key in marks}
+        plain = {key: raw for key, raw in payload.items() if key not in marks}
+        if plain:
+            await _send(config, tier, plain, ttl)
+        if fenced:
+            await guarded(
+                config, tier, "write", len(fenced), lambda: _write_fenced(config, fenced, marks, ttl)
+            )
+        return
+    storage = tier.storage
+    if len(payload) == 1:
+        ((key, raw),) = payload.items()
+        await guarded(config, tier, "write", 1, lambda: storage.set(key, raw, ttl))
+    else:
+        await guarded(config, tier, "write", len(payload), lambda: storage.set_many(payload, ttl))
+
+
+async def _write_fenced(
+    config: NodeConfig, payload: Mapping[str, bytes], marks: Mapping[str, bytes], ttl: timedelta | None
+) -> None:
+    """Write ``payload`` into the lease tier where each key's lease still stands; count the others."""
+    hub = config.lease
+    assert hub is not None
+    written = await hub.leases.write(payload, marks, None if ttl is None else ttl_milliseconds(ttl))
+    config.metrics._lease_fenced += len(payload) - written
+
+
+async def guarded(
+    config: NodeConfig, tier: Tier, operation: str, keys: int, make: Callable[[], Coroutine[Any, Any, T]]
+) -> T | None:
+    """``await make()``: one operation on ``tier``'s storage, under its deadline and breaker.
+
+    A ``"write"`` waits at most the write deadline and is skipped while the
+    breaker refuses writes; anything else (a read, a lease) the read deadline
+    and is skipped while it refuses reads. None when skipped or failed (the
+    failure counted for ``keys`` keys, logged and fed to the breaker). A
+    cancel is raised.
     """
     storage = tier.storage
     breaker = storage.breaker
-    if not breaker.allow_write():
-        return
+    write = operation == "write"
+    if not (breaker.allow_write() if write else breaker.allow()):
+        return None
     try:
-        if len(payload) == 1:
-            ((key, raw),) = payload.items()
-            await within(storage.health.write_timeout, storage.set(key, raw, ttl))
-        else:
-            await within(storage.health.write_timeout, storage.set_many(payload, ttl))
+        result = await within(storage.health.write_timeout if write else storage.health.read_timeout, make())
     except Exception as error:
         _feed_failure(storage)
-        storage_failed(config, tier, "write", error, len(payload))
+        storage_failed(config, tier, operation, error, keys)
+        return None
     except BaseException:
         breaker.record_abandoned()
         raise
-    else:
-        breaker.record_success()
+    breaker.record_success()
+    return result
 
 
 def _feed_failure(storage: BaseStorage) -> None:
@@ -325,24 +386,14 @@ async def read_remote(config: NodeConfig, tier: Tier, keys: list[str]) -> dict[s
     fed to the breaker): a miss either way. A cancel is raised.
     """
     storage = tier.storage
-    breaker = storage.breaker
-    if not breaker.allow():
-        return None
-    try:
-        if len(keys) == 1:
-            raw = await within(storage.health.read_timeout, storage.get(keys[0]))
-            raws = {} if raw is None else {keys[0]: raw}
-        else:
-            raws = await within(storage.health.read_timeout, storage.get_many(keys))
-    except Exception as error:
-        _feed_failure(storage)
-        storage_failed(config, tier, "read", error, len(keys))
-        return None
-    except BaseException:
-        breaker.record_abandoned()
-        raise
-    breaker.record_success()
-    return raws
+    if len(keys) == 1:
+        return await guarded(config, tier, "read", 1, lambda: _get_one(storage, keys[0]))
+    return await guarded(config, tier, "read", len(keys), lambda: storage.get_many(keys))
+
+
+async def _get_one(storage: BaseStorage, key: str) -> dict[str, bytes]:
+    raw = await storage.get(key)
+    return {} if raw is None else {key: raw}
 
 
 async def delete(config: NodeConfig, tier: Tier, key: str) -> None:

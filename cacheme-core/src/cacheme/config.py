@@ -8,12 +8,14 @@ from typing import Any
 
 import pydantic
 
-from cacheme import registry
+from cacheme import lease, registry
 from cacheme.bus import BusHub
 from cacheme.chain import Tier
 from cacheme.doorkeeper import DoorKeeper
 from cacheme.errors import NodeDefinitionError
-from cacheme.node import Node
+from cacheme.lease import LeaseHub
+from cacheme.node import Node, lease_milliseconds
+from cacheme.plugins import lease_class_for, lease_schemes
 from cacheme.refresh import Policy
 from cacheme.serializer import MsgPackSerializer, Serializer
 from cacheme.stats import Metrics
@@ -33,6 +35,9 @@ class NodeConfig:
         "first_local",
         "generation",
         "hubs",
+        "lease",
+        "lease_ms",
+        "lease_tier",
         "leading_locals",
         "local_prefix",
         "metrics",
@@ -84,6 +89,27 @@ class NodeConfig:
         self.stale_seconds = 0.0
         if self.policy is not None and self.policy.stale_if_error is not None:
             self.stale_seconds = self.policy.stale_if_error
+        # Meta.lease: the tier holding the leases, its hub, and the lease's length.
+        self.lease: LeaseHub | None = None
+        self.lease_tier: Tier | None = None
+        self.lease_ms = lease_milliseconds(meta.lease, name) or 0
+        if self.lease_ms:
+            self.lease_tier, self.lease = _lease_tier(self.tiers, name)
+
+
+def _lease_tier(tiers: list[Tier], name: str) -> tuple[Tier, LeaseHub]:
+    """The first remote tier whose backend offers leases, and its lease hub."""
+    for tier in tiers:
+        if tier.local:
+            continue
+        leases_class = lease_class_for(tier.storage)
+        if leases_class is not None:
+            return tier, lease.hub_for(tier.name, tier.storage, leases_class)
+    offered = ", ".join(sorted(lease_schemes())) or "none installed"
+    raise NodeDefinitionError(
+        f"{name}.Meta.lease is set, but no tier of its chain can hold leases: list a storage whose "
+        f"backend offers them (schemes with leases: {offered})"
+    )
 
 
 def _defines_load_all(node_class: type[Node]) -> bool:

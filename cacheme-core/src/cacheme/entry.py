@@ -18,7 +18,8 @@ The header (version 1), 28 bytes, little-endian, before the serializer's bytes::
     28      ...   the value as the node's serializer wrote it
 
 Bytes without the magic (written by cacheme before the header existed) are
-read as entries of unknown age. A header of another version is refused
+read as entries of unknown age. The magic with version 0 is a lease's mark
+(``LEASE_MARK``, see ``cacheme.lease``), not an entry: a miss. A header of another version is refused
 (``UnknownHeaderError``): the chain counts it as a miss, never an error.
 """
 
@@ -30,6 +31,7 @@ from typing import Any
 
 __all__ = [
     "HEADER_SIZE",
+    "LEASE_MARK",
     "MAGIC",
     "VERSION",
     "Entry",
@@ -41,6 +43,8 @@ __all__ = [
 
 MAGIC = b"\xc1cm"
 VERSION = 1
+# What a leased key holds until its value is written (followed by the lease's token).
+LEASE_MARK = MAGIC + b"\x00"
 _HEADER = struct.Struct("<3sBddd")
 HEADER_SIZE = _HEADER.size
 

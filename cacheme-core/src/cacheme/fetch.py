@@ -34,6 +34,7 @@ from cacheme.chain import (
     write_remotes,
 )
 from cacheme.entry import Entry
+from cacheme.lease import Ticket
 from cacheme.node import Node
 from cacheme.refresh import Verdict, judge, stale_usable
 from cacheme.source import Loader, load_many, load_one
@@ -302,7 +303,11 @@ async def _fetch_group(
     try:
         reading = await _read_remote_tiers(config, group)
         due = reading.due
-        for key in reading.missing:
+        missing = reading.missing
+        if config.lease is not None and missing:
+            missing, held = await _take_leases(table, config, group, missing, reading.backfills)
+            handed_over.update(held)
+        for key in missing:
             flight = group[key]
             flight.task = table.spawn(_load_and_write(table, config, key, flight))
             handed_over.add(key)
@@ -325,11 +330,13 @@ async def _load_and_write(
 
     A failed load answers the waiters with the flight's fallback entry when
     it may (stale_if_error), else with the error. A background reload's
-    failure is logged and counted.
+    failure is logged and counted. A lease the flight holds ends with the
+    fenced write and its notice, or is given back when nothing is written.
     """
     # The flight does not keep the node through the write-back (see fetch_many).
     (node, load), flight.source = flight.source, None
     error: BaseException | None = None
+    written = False
     try:
         try:
             entry = await load_one(config, node, load)
@@ -340,12 +347,13 @@ async def _load_and_write(
                 error = caught  # no one waits on a failed background reload: it ends here
             return
         del node, load
-        write = not flight.stale and (flight.renewal or _admitted(config, key))
-        if write:
+        written = not flight.stale and (flight.renewal or _admitted(config, key))
+        if written:
             write_local(config, config.tiers, {key: entry}, flight.epoch)
         flight.resolve(entry.value, False)
-        if write:
-            await write_remotes(config, config.tiers, {key: entry})
+        if written:
+            marks = None if flight.lease is None else {key: flight.lease}
+            await write_remotes(config, config.tiers, {key: entry}, marks=marks)
     except BaseException as caught:
         error = caught
         if not isinstance(caught, Exception):
@@ -354,6 +362,95 @@ async def _load_and_write(
         table.finish(((key, flight),), error)
         if flight.renewal:
             _renewal_ended(key, flight)
+        if flight.lease is not None and not isinstance(error, asyncio.CancelledError):
+            await _end_leases(config, {key: flight.lease}, [key] if written else [])
+
+
+async def _wait_for_lease(
+    table: singleflight.FlightTable, config: NodeConfig, key: str, flight: singleflight.Flight, ticket: Ticket
+) -> None:
+    """Wait while another process holds the lease of ``key``: then answer with the value it wrote,
+    or load the key here (the lease granted to this process, or the lease tier failed)."""
+    assert config.lease is not None
+    error: BaseException | None = None
+    load = False
+    try:
+        taken = await config.lease.turn(config, ticket)
+        backfills: list[Backfill] = []
+        undecodable = _found_by_lease(config, {key: flight}, taken.found, backfills)
+        load = bool(undecodable) or key not in taken.found
+        if key in taken.granted:
+            flight.lease = taken.granted[key]
+        await _write_backfills(config, backfills)
+    except BaseException as caught:
+        error = caught
+        if not isinstance(caught, Exception):
+            raise
+    finally:
+        if error is not None or not load:
+            table.finish(((key, flight),), error)
+    if load and error is None:
+        await _load_and_write(table, config, key, flight)
+
+
+async def _take_leases(
+    table: singleflight.FlightTable,
+    config: NodeConfig,
+    flights: Mapping[str, singleflight.Flight],
+    keys: list[str],
+    backfills: list[Backfill],
+) -> tuple[list[str], list[str]]:
+    """Ask the lease tier for the leases of ``keys``, which no tier has: answer the flights of the
+    keys written meanwhile; give each granted flight its lease; hand each key another process
+    holds to a task of its own that waits for it (its flight's ``source`` must be set).
+
+    Returns the keys to load now (granted, or no lease to be had: fail-open)
+    and the keys handed over.
+    """
+    assert config.lease is not None
+    taken = await config.lease.take(config, keys)
+    load = _found_by_lease(config, flights, taken.found, backfills)
+    for key, mark in taken.granted.items():
+        flights[key].lease = mark
+        load.append(key)
+    load += taken.unleased
+    for key, ticket in taken.held.items():
+        flight = flights[key]
+        flight.task = table.spawn(_wait_for_lease(table, config, key, flight, ticket))
+    return load, list(taken.held)
+
+
+def _found_by_lease(
+    config: NodeConfig,
+    flights: Mapping[str, singleflight.Flight],
+    found: dict[str, bytes],
+    backfills: list[Backfill],
+) -> list[str]:
+    """Answer the flights of the keys the lease tier had (written by another process meanwhile), and
+    fill the tiers before it; returns the keys whose bytes did not decode (to load here)."""
+    if not found:
+        return []
+    tier = config.lease_tier
+    assert tier is not None
+    entries, bodies = decode_found(config, tier, found)
+    index = config.tiers.index(tier)
+    if index > 0:
+        _fill_before(config, index, flights, entries, bodies, backfills)
+    for key, entry in entries.items():
+        flights[key].resolve(entry.value, True)
+    return [key for key in found if key not in entries]
+
+
+async def _end_leases(config: NodeConfig, marks: Mapping[str, bytes], written: Iterable[str]) -> None:
+    """The loads under ``marks`` are over: notify the waiters of the keys ``written``, give the
+    other leases back (and notify their waiters too)."""
+    hub = config.lease
+    assert hub is not None
+    done = [key for key in written if key in marks]
+    if done:
+        await hub.notify(done)
+    if len(done) < len(marks):
+        await hub.give_back(config, {key: mark for key, mark in marks.items() if key not in done})
 
 
 async def fetch_many(
@@ -373,15 +470,20 @@ async def fetch_many(
     """
     error: BaseException | None = None
     due: list[tuple[str, Node, Entry]] = []
+    handed_over: list[str] = []  # keys another process holds: each waited for by a task of its own
+    loaded: dict[str, Entry] = {}
     try:
         reading = await _read_remote_tiers(config, flights)
         missing = reading.missing
+        if config.lease is not None and missing:
+            for key in missing:
+                flights[key].source = (wanted[key], None)
+            missing, handed_over = await _take_leases(table, config, flights, missing, reading.backfills)
         nodes = in_order(wanted, missing)
         due = _due_nodes(reading.due, wanted)
         # Under load thousands of fetches wait for their write-back: holding the
         # caller's nodes until then only feeds the garbage collector.
         del wanted
-        loaded: dict[str, Entry] = {}
         if missing:
             if config.own_load_all:
                 await _load_batch(config, missing, nodes, flights, loaded)
@@ -389,15 +491,28 @@ async def fetch_many(
                 await _load_each(config, missing, nodes, flights, loaded)
         del nodes
         await _write_backfills(config, reading.backfills)
-        await write_remotes(config, config.tiers, loaded)
+        await write_remotes(config, config.tiers, loaded, marks=_marks_of(flights, loaded))
     except BaseException as caught:
         error = caught
         if not isinstance(caught, Exception):
             raise
     finally:
-        table.finish(flights.items(), error)
+        if handed_over:
+            table.finish(((k, f) for k, f in flights.items() if k not in handed_over), error)
+        else:
+            table.finish(flights.items(), error)
+    if config.lease is not None and not isinstance(error, asyncio.CancelledError):
+        marks = _marks_of(flights, [key for key in flights if key not in handed_over])
+        if marks:
+            await _end_leases(config, marks, loaded)
     for key, node, entry in due:
         renew(table, config, key, node, None, entry)
+
+
+def _marks_of(flights: Mapping[str, singleflight.Flight], keys: Iterable[str]) -> dict[str, bytes] | None:
+    """The leases the flights of ``keys`` hold, by key (None when they hold none)."""
+    marks = {key: mark for key in keys if (mark := flights[key].lease) is not None}
+    return marks or None
 
 
 def _due_nodes(due: list[tuple[str, Entry]], wanted: Mapping[str, Node]) -> list[tuple[str, Node, Entry]]:

@@ -98,6 +98,7 @@ META_OPTIONS = (
     "refresh_after",
     "early_refresh",
     "stale_if_error",
+    "lease",
 )
 
 
@@ -124,6 +125,19 @@ def _check_meta_names(meta: type, name: str) -> None:
             )
 
 
+def lease_milliseconds(lease: object, name: str) -> int | None:
+    """``Meta.lease`` in whole milliseconds (None: no lease); a NodeDefinitionError when it is not
+    a timedelta of at least a millisecond."""
+    if lease is None:
+        return None
+    if not isinstance(lease, timedelta) or lease < timedelta(milliseconds=1):
+        raise NodeDefinitionError(
+            f"{name}.Meta.lease must be a timedelta of at least a millisecond (the longest a load may "
+            f"hold the key) or None, got {lease!r}"
+        )
+    return int(lease / timedelta(milliseconds=1))
+
+
 def _check_meta(cls: type[Node]) -> None:
     meta = cls.Meta
     name = cls.__qualname__
@@ -141,6 +155,7 @@ def _check_meta(cls: type[Node]) -> None:
     if doorkeeper is not None and not isinstance(doorkeeper, DoorKeeper):
         raise NodeDefinitionError(f"{name}.Meta.doorkeeper must have put(key) and contains(key)")
     Policy.from_meta(meta, name)  # refresh_after, early_refresh, stale_if_error
+    lease_milliseconds(meta.lease, name)
 
 
 @dataclass_transform()
@@ -165,6 +180,8 @@ class Node(Generic[T]):
         early_refresh: ClassVar[float | None] = None
         # When a load fails, serve an entry expired less than this long ago instead.
         stale_if_error: ClassVar[timedelta | None] = None
+        # One process of the fleet loads a missing key, holding it at most this long (cacheme.lease).
+        lease: ClassVar[timedelta | None] = None
 
     # Whether subclasses are made dataclasses (DynamicNode has its own __init__).
     _cacheme_dataclass: ClassVar[bool] = True

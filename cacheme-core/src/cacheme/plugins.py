@@ -13,7 +13,9 @@ until a URL with that scheme is used::
         return {"redis": "cacheme_redis.storage:RedisStorage"}
 
 A backend whose server can carry invalidations between processes also
-implements ``cacheme_bus_schemes``, naming its ``cacheme.bus.Bus`` the same way.
+implements ``cacheme_bus_schemes``, naming its ``cacheme.bus.Bus`` the same way,
+and one that can hold leases ``cacheme_lease_schemes``, naming its
+``cacheme.lease.Leases``.
 """
 
 from __future__ import annotations
@@ -33,8 +35,18 @@ from cacheme.storage import BaseStorage, LocalStorage
 
 if TYPE_CHECKING:
     from cacheme.bus import Bus
+    from cacheme.lease import Leases
 
-__all__ = ["ENTRY_POINT_GROUP", "hookimpl", "hookspec", "Storage", "bus_schemes", "installed_schemes"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "hookimpl",
+    "hookspec",
+    "Storage",
+    "bus_schemes",
+    "installed_schemes",
+    "lease_class_for",
+    "lease_schemes",
+]
 
 ENTRY_POINT_GROUP = "cacheme.storages"
 
@@ -69,8 +81,13 @@ class _HookSpecs:
         """Map each URL scheme whose server can carry invalidations to ``"module.path:name"``,
         a ``cacheme.bus.Bus`` subclass built with the registered storage: ``Bus(storage)``."""
 
+    @hookspec
+    def cacheme_lease_schemes(self) -> dict[str, str]:  # type: ignore[empty-body]
+        """Map each URL scheme whose server can hold leases to ``"module.path:name"``, a
+        ``cacheme.lease.Leases`` subclass built with the registered storage: ``Leases(storage)``."""
 
-HOOKS = ("cacheme_storage_schemes", "cacheme_bus_schemes")
+
+HOOKS = ("cacheme_storage_schemes", "cacheme_bus_schemes", "cacheme_lease_schemes")
 
 _lock = threading.Lock()
 _found: dict[str, dict[str, str]] | None = None
@@ -128,6 +145,11 @@ def bus_schemes() -> dict[str, str]:
     return _discovered("cacheme_bus_schemes")
 
 
+def lease_schemes() -> dict[str, str]:
+    """Every URL scheme whose storages can hold leases, with the leases class path."""
+    return _discovered("cacheme_lease_schemes")
+
+
 def reload_plugins() -> None:
     """Forget what was discovered, so that plugins installed since are found."""
     global _found
@@ -165,6 +187,13 @@ def bus_class_for(storage: BaseStorage) -> Callable[[BaseStorage], Bus]:
             f"{scheme}:// (buses: {offered})"
         )
     return _import_target(scheme, target, "bus")
+
+
+def lease_class_for(storage: BaseStorage) -> Callable[[BaseStorage], Leases] | None:
+    """The leases class of ``storage``'s scheme; None when its backend offers none."""
+    scheme = storage.url.split("://", 1)[0].lower()
+    target = lease_schemes().get(scheme)
+    return None if target is None else _import_target(scheme, target, "leases")
 
 
 def Storage(  # noqa: N802 - the public name of the original API

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import typing
 
-from cacheme import bus
+from cacheme import bus, lease
 from cacheme.errors import StorageConfigError, StorageNotRegistered
 from cacheme.health import HealthSnapshot
 from cacheme.plugins import bus_class_for
@@ -104,6 +104,8 @@ async def _close_quietly(name: str, storage: BaseStorage) -> None:
     try:
         if isinstance(storage, LocalStorage):
             await bus.unbind(storage)
+        else:
+            await lease.drop(storage)
         await storage.close()
     except Exception:
         logger.exception("cacheme: closing storage %r failed", name)

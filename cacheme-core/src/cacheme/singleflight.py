@@ -53,10 +53,22 @@ class Flight:
     dropped once the load has started. ``fallback`` is an entry that may
     answer the waiters if the load fails (stale_if_error), ``renewal`` marks
     a background reload of a key that was served from a tier. ``epoch`` is
-    the module's ``epoch`` when the flight was made.
+    the module's ``epoch`` when the flight was made. ``lease`` is the mark of
+    the key's lease when this process holds it (``cacheme.lease``).
     """
 
-    __slots__ = ("waiters", "outcome", "error", "stale", "task", "source", "fallback", "renewal", "epoch")
+    __slots__ = (
+        "waiters",
+        "outcome",
+        "error",
+        "stale",
+        "task",
+        "source",
+        "fallback",
+        "renewal",
+        "epoch",
+        "lease",
+    )
 
     def __init__(self, task: asyncio.Task[None] | None = None, source: Any = None) -> None:
         # Made on the first wait: most flights of a get_all are answered before anyone waits on them.
@@ -70,6 +82,7 @@ class Flight:
         self.renewal = False
         # What the bus-bound local tiers had seen when the flight began (see ``epoch`` below).
         self.epoch = epoch
+        self.lease: bytes | None = None
 
     @property
     def done(self) -> bool:

@@ -14,6 +14,10 @@ class Metrics:
 
     __slots__ = (
         "_hits",
+        "_lease_fail_open",
+        "_lease_fenced",
+        "_lease_waits",
+        "_leases",
         "_load_failures",
         "_load_successes",
         "_load_time_ns",
@@ -34,6 +38,10 @@ class Metrics:
         self._refreshes = 0
         self._refresh_failures = 0
         self._stale = 0
+        self._leases = 0
+        self._lease_waits = 0
+        self._lease_fail_open = 0
+        self._lease_fenced = 0
 
     def request_count(self) -> int:
         """Lookups: one per ``get``, one per node of a ``get_all``."""
@@ -92,6 +100,23 @@ class Metrics:
         """Failed loads answered with an expired entry (``stale_if_error``) instead of the error."""
         return self._stale
 
+    def lease_count(self) -> int:
+        """Leases this process was granted (``Meta.lease``): keys it loaded for the whole fleet."""
+        return self._leases
+
+    def lease_wait_count(self) -> int:
+        """Keys this process waited for while another process held their lease."""
+        return self._lease_waits
+
+    def lease_fail_open_count(self) -> int:
+        """Keys loaded without a lease because the lease tier failed or its breaker was open."""
+        return self._lease_fail_open
+
+    def lease_fenced_count(self) -> int:
+        """Writes refused by the lease tier: the lease had been voided (``invalidate``, ``refresh``)
+        or had expired and been taken by another process meanwhile."""
+        return self._lease_fenced
+
     def as_dict(self) -> dict[str, int | float]:
         return {
             "request_count": self.request_count(),
@@ -109,6 +134,10 @@ class Metrics:
             "refresh_count": self.refresh_count(),
             "refresh_failure_count": self.refresh_failure_count(),
             "stale_count": self.stale_count(),
+            "lease_count": self.lease_count(),
+            "lease_wait_count": self.lease_wait_count(),
+            "lease_fail_open_count": self.lease_fail_open_count(),
+            "lease_fenced_count": self.lease_fenced_count(),
         }
 
     def __repr__(self) -> str:

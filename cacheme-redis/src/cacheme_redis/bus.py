@@ -43,23 +43,26 @@ class RedisBus(Bus):
     """Invalidations over Redis pub/sub, for local storages with ``bus=`` a Redis storage's name."""
 
     max_payload = 512 * 1024
+    channel = CHANNEL
 
     def __init__(self, storage: BaseStorage) -> None:
         if not isinstance(storage, RedisStorage):
-            raise TypeError(f"RedisBus needs a RedisStorage, got {storage!r}")
+            raise TypeError(f"{type(self).__name__} needs a RedisStorage, got {storage!r}")
         self.storage = storage
 
     async def publish(self, payload: bytes) -> None:
-        await (await self.storage._state()).commands.publish(CHANNEL, payload)
+        await (await self.storage._state()).commands.publish(self.channel, payload)
 
     async def listen(self, subscribed: Callable[[], None], deliver: Callable[[bytes], None]) -> None:
         client = await self._subscriber()
         pubsub = client.pubsub()
         try:
-            await pubsub.subscribe(CHANNEL)
+            await pubsub.subscribe(self.channel)
             confirmed = await pubsub.get_message(timeout=HEARTBEAT * 2)
             if confirmed is None or confirmed.get("type") != "subscribe":
-                raise ConnectionError(f"redis bus: no confirmation of SUBSCRIBE {CHANNEL} ({confirmed!r})")
+                raise ConnectionError(
+                    f"redis bus: no confirmation of SUBSCRIBE {self.channel} ({confirmed!r})"
+                )
             subscribed()
             await self._receive(pubsub, deliver)
         finally:

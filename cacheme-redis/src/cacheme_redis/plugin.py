@@ -15,3 +15,9 @@ def cacheme_storage_schemes() -> dict[str, str]:
 def cacheme_bus_schemes() -> dict[str, str]:
     target = "cacheme_redis.bus:RedisBus"
     return {"redis": target, "rediss": target, "unix": target}
+
+
+@hookimpl
+def cacheme_lease_schemes() -> dict[str, str]:
+    target = "cacheme_redis.lease:RedisLeases"
+    return {"redis": target, "rediss": target, "unix": target}

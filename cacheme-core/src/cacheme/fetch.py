@@ -37,7 +37,7 @@ from cacheme.entry import Entry
 from cacheme.lease import Ticket
 from cacheme.node import Node
 from cacheme.refresh import Verdict, judge, stale_usable
-from cacheme.source import Loader, load_many, load_one
+from cacheme.source import Loader, load_many, load_one, values_in_order
 from cacheme.storage import LocalStorage
 
 if TYPE_CHECKING:
@@ -336,7 +336,7 @@ async def _load_and_write(
     # The flight does not keep the node through the write-back (see fetch_many).
     (node, load), flight.source = flight.source, None
     error: BaseException | None = None
-    written = False
+    marks = None if flight.lease is None else {key: flight.lease}
     try:
         try:
             entry = await load_one(config, node, load)
@@ -345,6 +345,8 @@ async def _load_and_write(
                 _renewal_failed(config, key, caught)
             if (flight.renewal and flight.waiters is None) or not _answer_stale(config, flight):
                 error = caught  # no one waits on a failed background reload: it ends here
+            if marks is not None:
+                await _end_leases(config, marks, ())
             return
         del node, load
         written = not flight.stale and (flight.renewal or _admitted(config, key))
@@ -352,8 +354,9 @@ async def _load_and_write(
             write_local(config, config.tiers, {key: entry}, flight.epoch)
         flight.resolve(entry.value, False)
         if written:
-            marks = None if flight.lease is None else {key: flight.lease}
             await write_remotes(config, config.tiers, {key: entry}, marks=marks)
+        if marks is not None:
+            await _end_leases(config, marks, marks if written else ())
     except BaseException as caught:
         error = caught
         if not isinstance(caught, Exception):
@@ -362,8 +365,6 @@ async def _load_and_write(
         table.finish(((key, flight),), error)
         if flight.renewal:
             _renewal_ended(key, flight)
-        if flight.lease is not None and not isinstance(error, asyncio.CancelledError):
-            await _end_leases(config, {key: flight.lease}, [key] if written else [])
 
 
 async def _wait_for_lease(
@@ -476,8 +477,9 @@ async def fetch_many(
         reading = await _read_remote_tiers(config, flights)
         missing = reading.missing
         if config.lease is not None and missing:
-            for key in missing:
-                flights[key].source = (wanted[key], None)
+            alone = _load_all_of_one if config.own_load_all else None
+            for key in missing:  # what a key another process holds is loaded with, if taken over
+                flights[key].source = (wanted[key], alone)
             missing, handed_over = await _take_leases(table, config, flights, missing, reading.backfills)
         nodes = in_order(wanted, missing)
         due = _due_nodes(reading.due, wanted)
@@ -492,6 +494,10 @@ async def fetch_many(
         del nodes
         await _write_backfills(config, reading.backfills)
         await write_remotes(config, config.tiers, loaded, marks=_marks_of(flights, loaded))
+        if config.lease is not None:
+            marks = _marks_of(flights, missing)
+            if marks:
+                await _end_leases(config, marks, loaded)
     except BaseException as caught:
         error = caught
         if not isinstance(caught, Exception):
@@ -501,12 +507,15 @@ async def fetch_many(
             table.finish(((k, f) for k, f in flights.items() if k not in handed_over), error)
         else:
             table.finish(flights.items(), error)
-    if config.lease is not None and not isinstance(error, asyncio.CancelledError):
-        marks = _marks_of(flights, [key for key in flights if key not in handed_over])
-        if marks:
-            await _end_leases(config, marks, loaded)
     for key, node, entry in due:
         renew(table, config, key, node, None, entry)
+
+
+async def _load_all_of_one(node: Node) -> Any:
+    """A get_all's key whose lease this process took over later: loaded with its class's own
+    ``load_all``, as the rest of the batch was."""
+    node_class = type(node)
+    return values_in_order(node_class, [node], await node_class.load_all([node]))[0]
 
 
 def _marks_of(flights: Mapping[str, singleflight.Flight], keys: Iterable[str]) -> dict[str, bytes] | None:

@@ -46,6 +46,21 @@ def test_a_lease_is_a_timedelta_of_a_millisecond_at_least(wrong: object) -> None
                 lease = wrong  # type: ignore[assignment]
 
 
+def test_a_lease_and_a_doorkeeper_together_are_refused() -> None:
+    with pytest.raises(cacheme.NodeDefinitionError, match=r"both lease and doorkeeper"):
+
+        class Both(cacheme.Node):
+            id: int
+
+            def key(self) -> str:
+                return f"both:{self.id}"
+
+            class Meta(cacheme.Node.Meta):
+                caches = [cacheme.Cache("local", None)]
+                lease = timedelta(seconds=5)
+                doorkeeper = cacheme.BloomFilter(1000, 0.01)
+
+
 async def test_a_chain_without_a_tier_that_holds_leases_is_an_error_at_first_use(local: str) -> None:
     leased = node_with_lease(local, timedelta(seconds=5))
     with pytest.raises(cacheme.NodeDefinitionError, match=r"no tier of its chain can hold leases"):

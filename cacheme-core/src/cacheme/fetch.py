@@ -1,44 +1,39 @@
 """The fetch tasks: what runs, in tasks of its own, when requests miss the leading local tiers.
 
 A loop turn's misses of one node class are fetched by one task
-(``_fetch_group``): one batch read per remote tier, then a task per key still
-missing that loads it from its source and writes it back
-(``_load_and_write``). ``get_all``'s misses are fetched by one task
+(``_fetch_group``): one batch read per remote tier (``cacheme.reading``),
+then a task per key still missing that loads it from its source and writes
+it back (``_load_and_write``). ``get_all``'s misses are fetched by one task
 (``fetch_many``) that reads, loads and writes in batches. Each task ends by
 finishing its flights (singleflight): its waiters get the value or the error.
 A background reload (refresh_after, early_refresh) is a fetch task too
 (``renew``), and a failed load may answer with an expired entry
-(stale_if_error). Calling the source itself is ``cacheme.source``'s job.
+(stale_if_error). Under ``Meta.lease`` the keys still missing are leased
+first (``cacheme.lease``): a key another process holds is waited for by a
+task of its own (``_wait_for_lease``). Calling the source itself is
+``cacheme.source``'s job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import logging
 import random
 import threading
 import time
 import typing
 from collections.abc import Coroutine, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from cacheme import singleflight
-from cacheme.chain import (
-    ERROR_LOG_INTERVAL,
-    decode_found,
-    read_remote,
-    storage_failed,
-    write_local,
-    write_remotes,
-)
+from cacheme.chain import ERROR_LOG_INTERVAL, write_local, write_remotes
 from cacheme.entry import Entry
 from cacheme.lease import Ticket
 from cacheme.node import Node
+from cacheme.reading import Backfill, first_epoch, found_by_lease, read_remote_tiers, write_backfills
 from cacheme.refresh import Verdict, judge, stale_usable
 from cacheme.source import Loader, load_many, load_one, values_in_order
-from cacheme.storage import LocalStorage
 
 if TYPE_CHECKING:
     from cacheme.config import NodeConfig
@@ -160,117 +155,6 @@ def _renewal_failed(config: NodeConfig, key: str, error: BaseException) -> None:
 # ---------------------------------------------------------------- fetching (in tasks of their own)
 
 
-class Backfill(NamedTuple):
-    """Entries found in tier ``found_in``, still to be written into the remote tiers before it."""
-
-    found_in: int
-    entries: dict[str, Entry]
-    bodies: dict[str, bytes]  # their serialized values, as read
-
-
-class Reading(NamedTuple):
-    """What reading the tiers after the leading local ones found."""
-
-    missing: list[str]  # the keys no tier has (or only expired)
-    backfills: list[Backfill]
-    due: list[tuple[str, Entry]]  # keys answered from a tier whose entry is due for renewal
-
-
-async def _read_remote_tiers(config: NodeConfig, flights: Mapping[str, singleflight.Flight]) -> Reading:
-    """Read the tiers after the leading local ones, one batch per tier; failures are misses.
-
-    Each key found is written into the local tiers before it, then resolved.
-    Under a refresh policy an expired entry is a miss kept as the flight's
-    fallback, and an entry due for renewal is listed in ``due``.
-    """
-    tiers = config.tiers
-    remaining = list(flights)
-    reading = Reading([], [], [])
-    for index in range(config.local_prefix, len(tiers)):
-        if not remaining:
-            break
-        tier = tiers[index]
-        bodies: dict[str, bytes] = {}
-        if tier.local:
-            try:
-                found = typing.cast(LocalStorage, tier.storage).get_many_sync(remaining)
-            except Exception as error:
-                storage_failed(config, tier, "read", error, len(remaining))
-                continue
-        else:
-            read = await read_remote(config, tier, remaining)
-            if read is None:
-                continue
-            found, bodies = decode_found(config, tier, read)
-        if config.policy is not None and found:
-            found = _judge_found(config, flights, found, reading.due)
-        elif bodies:
-            # A remote copy outlives its expiry by the time its write took to reach the server.
-            found = _unexpired(found, time.time())
-        if not found:
-            continue
-        if index > 0:
-            _fill_before(config, index, flights, found, bodies, reading.backfills)
-        for key, entry in found.items():
-            flights[key].resolve(entry.value, True)
-        if len(found) == len(remaining):
-            return reading
-        remaining = list(itertools.filterfalse(found.__contains__, remaining))
-    reading.missing.extend(remaining)
-    return reading
-
-
-def _judge_found(
-    config: NodeConfig,
-    flights: Mapping[str, singleflight.Flight],
-    found: dict[str, Entry],
-    due: list[tuple[str, Entry]],
-) -> dict[str, Entry]:
-    """The entries of ``found`` that answer their requests; expired ones become fallbacks, and
-    those due for renewal are listed in ``due``."""
-    assert config.policy is not None
-    now = time.time()
-    answering: dict[str, Entry] = {}
-    for key, entry in found.items():
-        verdict = judge(config.policy, entry, now, random.random)
-        if verdict is Verdict.EXPIRED:
-            flights[key].offer_fallback(entry)
-            continue
-        if verdict is Verdict.RENEW:
-            due.append((key, entry))
-        answering[key] = entry
-    return answering
-
-
-def _first_epoch(flights: Mapping[str, singleflight.Flight], keys: Iterable[str]) -> int:
-    """The earliest epoch among the flights of ``keys``: what a batch write of them is checked against."""
-    return min((flights[key].epoch for key in keys), default=singleflight.epoch)
-
-
-def _unexpired(found: dict[str, Entry], now: float) -> dict[str, Entry]:
-    return {key: entry for key, entry in found.items() if entry.expires_at is None or entry.expires_at > now}
-
-
-def _fill_before(
-    config: NodeConfig,
-    index: int,
-    flights: Mapping[str, singleflight.Flight],
-    found: dict[str, Entry],
-    bodies: dict[str, bytes],
-    backfills: list[Backfill],
-) -> None:
-    """Write what tier ``index`` had into the local tiers before it; queue it for the remote ones."""
-    entries = {key: entry for key, entry in found.items() if not flights[key].stale}
-    write_local(config, config.tiers[:index], entries, _first_epoch(flights, entries))
-    if entries and index > config.local_prefix:
-        backfills.append(Backfill(index, entries, {key: bodies[key] for key in entries if key in bodies}))
-
-
-async def _write_backfills(config: NodeConfig, backfills: list[Backfill]) -> None:
-    for backfill in backfills:
-        await write_remotes(config, config.tiers[: backfill.found_in], backfill.entries, backfill.bodies)
-
-
 def want(
     table: singleflight.FlightTable, config: NodeConfig, key: str, node: Node, load: Loader | None
 ) -> singleflight.Flight:
@@ -301,7 +185,7 @@ async def _fetch_group(
     error: BaseException | None = None
     due: list[tuple[str, Entry]] = []
     try:
-        reading = await _read_remote_tiers(config, group)
+        reading = await read_remote_tiers(config, group)
         due = reading.due
         missing = reading.missing
         if config.lease is not None and missing:
@@ -311,7 +195,7 @@ async def _fetch_group(
             flight = group[key]
             flight.task = table.spawn(_load_and_write(table, config, key, flight))
             handed_over.add(key)
-        await _write_backfills(config, reading.backfills)
+        await write_backfills(config, reading.backfills)
     except BaseException as caught:  # delivered to every waiter by finish()
         error = caught
         if not isinstance(caught, Exception):
@@ -378,11 +262,11 @@ async def _wait_for_lease(
     try:
         taken = await config.lease.turn(config, ticket)
         backfills: list[Backfill] = []
-        undecodable = _found_by_lease(config, {key: flight}, taken.found, backfills)
+        undecodable = found_by_lease(config, {key: flight}, taken.found, backfills)
         load = bool(undecodable) or key not in taken.found
         if key in taken.granted:
             flight.lease = taken.granted[key]
-        await _write_backfills(config, backfills)
+        await write_backfills(config, backfills)
     except BaseException as caught:
         error = caught
         if not isinstance(caught, Exception):
@@ -410,7 +294,7 @@ async def _take_leases(
     """
     assert config.lease is not None
     taken = await config.lease.take(config, keys)
-    load = _found_by_lease(config, flights, taken.found, backfills)
+    load = found_by_lease(config, flights, taken.found, backfills)
     for key, mark in taken.granted.items():
         flights[key].lease = mark
         load.append(key)
@@ -419,27 +303,6 @@ async def _take_leases(
         flight = flights[key]
         flight.task = table.spawn(_wait_for_lease(table, config, key, flight, ticket))
     return load, list(taken.held)
-
-
-def _found_by_lease(
-    config: NodeConfig,
-    flights: Mapping[str, singleflight.Flight],
-    found: dict[str, bytes],
-    backfills: list[Backfill],
-) -> list[str]:
-    """Answer the flights of the keys the lease tier had (written by another process meanwhile), and
-    fill the tiers before it; returns the keys whose bytes did not decode (to load here)."""
-    if not found:
-        return []
-    tier = config.lease_tier
-    assert tier is not None
-    entries, bodies = decode_found(config, tier, found)
-    index = config.tiers.index(tier)
-    if index > 0:
-        _fill_before(config, index, flights, entries, bodies, backfills)
-    for key, entry in entries.items():
-        flights[key].resolve(entry.value, True)
-    return [key for key in found if key not in entries]
 
 
 async def _end_leases(config: NodeConfig, marks: Mapping[str, bytes], written: Iterable[str]) -> None:
@@ -474,7 +337,7 @@ async def fetch_many(
     handed_over: list[str] = []  # keys another process holds: each waited for by a task of its own
     loaded: dict[str, Entry] = {}
     try:
-        reading = await _read_remote_tiers(config, flights)
+        reading = await read_remote_tiers(config, flights)
         missing = reading.missing
         if config.lease is not None and missing:
             alone = _load_all_of_one if config.own_load_all else None
@@ -492,7 +355,7 @@ async def fetch_many(
             else:
                 await _load_each(config, missing, nodes, flights, loaded)
         del nodes
-        await _write_backfills(config, reading.backfills)
+        await write_backfills(config, reading.backfills)
         await write_remotes(config, config.tiers, loaded, marks=_marks_of(flights, loaded))
         if config.lease is not None:
             marks = _marks_of(flights, missing)
@@ -552,7 +415,7 @@ async def _load_batch(
     for key, entry in zip(missing, entries, strict=True):
         if not flights[key].stale and _admitted(config, key):
             loaded[key] = entry
-    write_local(config, config.tiers, loaded, _first_epoch(flights, loaded))
+    write_local(config, config.tiers, loaded, first_epoch(flights, loaded))
     for key, entry in zip(missing, entries, strict=True):
         flights[key].resolve(entry.value, False)
 
@@ -577,7 +440,7 @@ async def _load_each(
     for key, (entry, _) in zip(missing, outcomes, strict=True):
         if entry is not None and not flights[key].stale and _admitted(config, key):
             loaded[key] = entry
-    write_local(config, config.tiers, loaded, _first_epoch(flights, loaded))
+    write_local(config, config.tiers, loaded, first_epoch(flights, loaded))
     for key, (entry, error) in zip(missing, outcomes, strict=True):
         flight = flights[key]
         if entry is not None:

@@ -155,7 +155,12 @@ def _check_meta(cls: type[Node]) -> None:
     if doorkeeper is not None and not isinstance(doorkeeper, DoorKeeper):
         raise NodeDefinitionError(f"{name}.Meta.doorkeeper must have put(key) and contains(key)")
     Policy.from_meta(meta, name)  # refresh_after, early_refresh, stale_if_error
-    lease_milliseconds(meta.lease, name)
+    if lease_milliseconds(meta.lease, name) is not None and doorkeeper is not None:
+        raise NodeDefinitionError(
+            f"{name}.Meta sets both lease and doorkeeper: a key the doorkeeper turns away is not "
+            "written, so each process waiting for the lease's value would load it again in turn. "
+            "Set one of them."
+        )
 
 
 @dataclass_transform()

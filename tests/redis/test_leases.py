@@ -430,3 +430,16 @@ async def test_leases_take_one_round_trip_for_a_get_all(proxied: tuple[Fleet, Tc
     # Read, lease, write (and its notice): a few round trips of 0.1 s, not one per key.
     assert took < 0.8, took
     assert cacheme.stats(kind).lease_count() == 101
+
+
+async def test_a_value_that_cannot_be_written_gives_the_lease_back(fleet: Fleet) -> None:
+    kind = lease_node(fleet)
+
+    async def unserializable(node: Any) -> object:
+        return object()  # MessagePack cannot write it: the shared tier's write is skipped
+
+    node = kind(id=10)
+    assert isinstance(await cacheme.get(node, unserializable), object)
+    assert await flights_done()
+    assert fleet.raw(node.full_key()) is None  # no mark left for the others to wait on
+    assert cacheme.stats(kind).storage_error_count() == 1

@@ -202,18 +202,21 @@ async def write_remotes(
     *,
     write_back: bool = True,
     marks: Mapping[str, bytes] | None = None,
-) -> None:
+) -> list[str]:
     """Write ``entries`` into the remote tiers among ``tiers``, concurrently.
 
     ``bodies`` holds serialized values already read for some keys, written as
     they are (behind a new header). A ``write_back`` (a fetch's, whose callers
     were answered already) is not given up when its task is cancelled: see
     ``write_remote``. The keys of ``marks`` hold a lease in the node's lease
-    tier: that tier gets them only where the lease still stands.
+    tier: that tier gets them only where the lease still stands. Returns the
+    keys of ``marks`` whose write the lease tier was sent (not those that did
+    not serialize or had no life left).
     """
     remote = [tier for tier in tiers if not tier.local]
+    sent: list[str] = []
     if not remote or not entries:
-        return
+        return sent
     serialized: dict[str, bytes] = {}
     assert config.serializer is not None
     for key, entry in entries.items():
@@ -226,17 +229,19 @@ async def write_remotes(
                 continue
         serialized[key] = body
     if not serialized:
-        return
+        return sent
     now = time.time()
     writes = []
     for tier in remote:
         payload, ttl = _payload(config, tier, entries, serialized, now)
         if payload:
             fenced = marks if marks and tier is config.lease_tier else None
+            if fenced:
+                sent.extend(key for key in payload if key in fenced)
             writes.append(_write_remote(config, tier, payload, ttl, write_back, fenced))
     if len(writes) == 1:
         await writes[0]
-        return
+        return sent
     together = asyncio.gather(*writes)
     try:
         await asyncio.shield(together)
@@ -245,6 +250,7 @@ async def write_remotes(
             raise
         _uncancel_current_task()
         await together  # each write finishes (or is sent again) by itself
+    return sent
 
 
 def _payload(

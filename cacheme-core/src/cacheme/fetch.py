@@ -237,10 +237,9 @@ async def _load_and_write(
         if written:
             write_local(config, config.tiers, {key: entry}, flight.epoch)
         flight.resolve(entry.value, False)
-        if written:
-            await write_remotes(config, config.tiers, {key: entry}, marks=marks)
+        sent = await write_remotes(config, config.tiers, {key: entry}, marks=marks) if written else ()
         if marks is not None:
-            await _end_leases(config, marks, marks if written else ())
+            await _end_leases(config, marks, sent)
     except BaseException as caught:
         error = caught
         if not isinstance(caught, Exception):
@@ -306,8 +305,8 @@ async def _take_leases(
 
 
 async def _end_leases(config: NodeConfig, marks: Mapping[str, bytes], written: Iterable[str]) -> None:
-    """The loads under ``marks`` are over: notify the waiters of the keys ``written``, give the
-    other leases back (and notify their waiters too)."""
+    """The loads under ``marks`` are over: notify the waiters of the keys ``written`` into the lease
+    tier, give the other leases back (and notify their waiters too)."""
     hub = config.lease
     assert hub is not None
     done = [key for key in written if key in marks]
@@ -356,11 +355,11 @@ async def fetch_many(
                 await _load_each(config, missing, nodes, flights, loaded)
         del nodes
         await write_backfills(config, reading.backfills)
-        await write_remotes(config, config.tiers, loaded, marks=_marks_of(flights, loaded))
+        sent = await write_remotes(config, config.tiers, loaded, marks=_marks_of(flights, loaded))
         if config.lease is not None:
             marks = _marks_of(flights, missing)
             if marks:
-                await _end_leases(config, marks, loaded)
+                await _end_leases(config, marks, sent)
     except BaseException as caught:
         error = caught
         if not isinstance(caught, Exception):

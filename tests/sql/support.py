@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
+
 import cacheme
-from cacheme_sql.base import SqlStorage
+from cacheme.entry import LEASE_MARK
+from cacheme_sql.base import SqlStorage, key_hash
+from cacheme_sql.postgresql_lease import lease_channel_for
 from tests.fixtures.sql_servers import MYSQL_URL, POSTGRES_URL, drop_table, raw_mysql, raw_postgres
 
 KINDS = ("sqlite", "postgresql", "mysql")
@@ -88,3 +93,52 @@ class Database:
 def database(kind: str, tmp_path: Any) -> Database:
     url = {"sqlite": f"sqlite:///{tmp_path}/cache.db", "postgresql": POSTGRES_URL, "mysql": MYSQL_URL}[kind]
     return Database(kind=kind, url=url, table=fresh_table())
+
+
+class LeaseTable:
+    """One test's PostgreSQL cache table, read and written by a raw connection, as another process of
+    the fleet would: values, lease marks, notices on the leases' channel."""
+
+    def __init__(self, table: str, connection: asyncpg.Connection) -> None:
+        self.table = table
+        self.connection = connection
+        self.channel = lease_channel_for(table)
+
+    async def put(self, key: str, value: bytes, expire_ms: int | None = None) -> None:
+        """Write ``value`` for ``key`` (expiring in ``expire_ms``, negative: expired already; None: never)."""
+        await self.connection.execute(
+            f"INSERT INTO {self.table} (key_hash, cache_key, value, expire, updated_at) "
+            "VALUES ($1, $2, $3, now() + $4::bigint * interval '1 millisecond', now()) "
+            "ON CONFLICT (key_hash) DO UPDATE SET value = EXCLUDED.value, expire = EXCLUDED.expire",
+            key_hash(key),
+            key,
+            value,
+            expire_ms,
+        )
+
+    async def hold(self, key: str, ms: int = 10_000) -> bytes:
+        """Take the lease of ``key`` as another process would; its mark."""
+        taken = LEASE_MARK + uuid.uuid4().bytes
+        await self.put(key, taken, ms)
+        return taken
+
+    async def delete(self, key: str) -> None:
+        await self.connection.execute(f"DELETE FROM {self.table} WHERE key_hash = $1", key_hash(key))
+
+    async def row(self, key: str) -> tuple[bytes, float | None] | None:
+        """The live row of ``key``: its value and the seconds it has left (None: never expires)."""
+        found = await self.connection.fetchrow(
+            f"SELECT value, extract(epoch FROM expire - now())::float8 FROM {self.table} "
+            "WHERE key_hash = $1 AND cache_key = $2 AND (expire IS NULL OR expire > now())",
+            key_hash(key),
+            key,
+        )
+        return None if found is None else (bytes(found[0]), found[1])
+
+    async def raw(self, key: str) -> bytes | None:
+        found = await self.row(key)
+        return None if found is None else found[0]
+
+    async def publish_notice(self, keys: list[str]) -> None:
+        payload = json.dumps({"v": 1, "from": "another-process", "keys": keys})
+        await self.connection.execute("SELECT pg_notify($1, $2)", self.channel, payload)

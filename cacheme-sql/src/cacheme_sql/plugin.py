@@ -1,4 +1,4 @@
-"""Entry point of cacheme-sql: names the storage and bus classes, imports no driver."""
+"""Entry point of cacheme-sql: names the storage, bus and leases classes, imports no driver."""
 
 from __future__ import annotations
 
@@ -18,4 +18,10 @@ def cacheme_storage_schemes() -> dict[str, str]:
 @hookimpl
 def cacheme_bus_schemes() -> dict[str, str]:
     target = "cacheme_sql.postgresql_bus:PostgreSQLBus"
+    return {"postgresql": target, "postgres": target}
+
+
+@hookimpl
+def cacheme_lease_schemes() -> dict[str, str]:
+    target = "cacheme_sql.postgresql_lease:PostgreSQLLeases"
     return {"postgresql": target, "postgres": target}

@@ -61,10 +61,12 @@ class PostgreSQLBus(Bus):
     """Invalidations over LISTEN/NOTIFY, for local storages with ``bus=`` a PostgreSQL storage's name."""
 
     max_payload = MAX_NOTIFY_PAYLOAD
+    # How the listening connection is named in pg_stat_activity.
+    application_name = APPLICATION_NAME
 
     def __init__(self, storage: BaseStorage) -> None:
         if not isinstance(storage, PostgreSQLStorage):
-            raise TypeError(f"PostgreSQLBus needs a PostgreSQLStorage, got {storage!r}")
+            raise TypeError(f"{type(self).__name__} needs a PostgreSQLStorage, got {storage!r}")
         self.storage = storage
         self.channel = channel_for(storage.table)
 
@@ -121,12 +123,12 @@ class PostgreSQLBus(Bus):
             raise
 
     async def _connect(self) -> Any:
-        """The listening connection: the storage's URL and driver options, named APPLICATION_NAME."""
+        """The listening connection: the storage's URL and driver options, named ``application_name``."""
         storage = self.storage
         options: dict[str, Any] = dict(storage._driver_options)
         options["server_settings"] = {
             **(options.get("server_settings") or {}),
-            "application_name": APPLICATION_NAME,
+            "application_name": self.application_name,
         }
         options["timeout"] = storage.connect_timeout
         options["command_timeout"] = HEARTBEAT * 2  # bounds LISTEN, and asyncpg's cancel requests

@@ -37,6 +37,7 @@ __all__ = [
     "local_read_failed",
     "read_remote",
     "storage_failed",
+    "uncancel_current_task",
     "write_local",
     "write_remotes",
 ]
@@ -248,7 +249,7 @@ async def write_remotes(
     except asyncio.CancelledError:
         if not write_back:
             raise
-        _uncancel_current_task()
+        uncancel_current_task()
         await together  # each write finishes (or is sent again) by itself
     return sent
 
@@ -296,11 +297,11 @@ async def _write_remote(
     except asyncio.CancelledError:
         if not write_back:
             raise
-        _uncancel_current_task()
+        uncancel_current_task()
         await _send(config, tier, payload, ttl, marks)
 
 
-def _uncancel_current_task() -> None:
+def uncancel_current_task() -> None:
     """Take back the cancel the running task has just caught (Python 3.11+ counts them)."""
     task = asyncio.current_task()
     uncancel = getattr(task, "uncancel", None)

@@ -17,6 +17,7 @@ task of its own (``_wait_for_lease``). Calling the source itself is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -27,7 +28,7 @@ from collections.abc import Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from cacheme import singleflight
-from cacheme.chain import ERROR_LOG_INTERVAL, write_local, write_remotes
+from cacheme.chain import ERROR_LOG_INTERVAL, uncancel_current_task, write_local, write_remotes
 from cacheme.entry import Entry
 from cacheme.lease import Ticket
 from cacheme.node import Node
@@ -242,6 +243,8 @@ async def _load_and_write(
             await _end_leases(config, marks, sent)
     except BaseException as caught:
         error = caught
+        if marks is not None and isinstance(caught, asyncio.CancelledError):
+            await _give_back_cancelled(config, marks)
         if not isinstance(caught, Exception):
             raise
     finally:
@@ -362,6 +365,10 @@ async def fetch_many(
                 await _end_leases(config, marks, sent)
     except BaseException as caught:
         error = caught
+        if config.lease is not None and isinstance(caught, asyncio.CancelledError):
+            marks = _marks_of(flights, [key for key in flights if key not in handed_over])
+            if marks:
+                await _give_back_cancelled(config, marks)
         if not isinstance(caught, Exception):
             raise
     finally:
@@ -371,6 +378,15 @@ async def fetch_many(
             table.finish(flights.items(), error)
     for key, node, entry in due:
         renew(table, config, key, node, None, entry)
+
+
+async def _give_back_cancelled(config: NodeConfig, marks: Mapping[str, bytes]) -> None:
+    """The task holding ``marks`` is cancelled (its loop shuts down, say): give the leases back
+    before the cancel goes on, so that the other processes need not wait them out. Bounded by the
+    lease tier's deadline; a mark already replaced by a value stays so (the release is fenced)."""
+    uncancel_current_task()
+    with contextlib.suppress(BaseException):
+        await _end_leases(config, marks, ())
 
 
 async def _load_all_of_one(node: Node) -> Any:

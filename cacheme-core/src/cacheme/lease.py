@@ -35,12 +35,13 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
 import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cacheme import bus
 from cacheme.batching import Coalescer
@@ -138,6 +139,11 @@ class LeaseHub:
         self._senders: PerLoop[Coalescer[str, None]] = PerLoop(
             self._new_sender, _drain, name=f"lease notices of {name!r}"
         )
+        # The keys asked for again after a wait, per node config, one request per loop turn.
+        self._askers: PerLoop[dict[Any, Coalescer[str, Taken]]] = PerLoop(
+            _new_askers, _drain_askers, name=f"lease requests of {name!r}"
+        )
+        self._lost = 0
 
     def start(self) -> None:
         """Subscribe to the notices (in the bus thread), once."""
@@ -199,10 +205,26 @@ class LeaseHub:
                 timeout = min(ticket.seconds, POLL_DELAYS[min(polls, len(POLL_DELAYS) - 1)])
                 polls += 1
             await self._wait(ticket, timeout)
-            taken = await self.take(config, [ticket.key])
+            taken = await self._ask_again(config, ticket.key)
             if ticket.key not in taken.held:
                 return taken
             ticket = taken.held[ticket.key]
+
+    async def _ask_again(self, config: NodeConfig, key: str) -> Taken:
+        """``take(config, [key])``, sent with the other keys of ``config`` asked again in this loop
+        turn: a notice of many keys wakes many waiters at once, and they ask in one request."""
+        askers = self._askers.current() or await self._askers.get()
+        asker = askers.get(config)
+        if asker is None:
+            asker = askers[config] = Coalescer(
+                asyncio.get_running_loop(), functools.partial(self._take_each, config)
+            )
+        return await asker.submit(key)
+
+    async def _take_each(self, config: NodeConfig, keys: list[str]) -> list[Taken]:
+        """``take`` for ``keys`` together, its answer split by key (in the order of ``keys``)."""
+        taken = await self.take(config, list(dict.fromkeys(keys)))
+        return [_one_of(taken, key) for key in keys]
 
     async def give_back(self, config: NodeConfig, marks: Mapping[str, bytes]) -> None:
         """Release leases whose load failed, and tell the waiters (failures counted, never raised)."""
@@ -283,6 +305,8 @@ class LeaseHub:
     def _subscribed(self) -> None:
         self.subscribed = True
         self._wake(None)  # notices may have been missed while down: everyone asks again
+        if self._lost:
+            logger.warning("cacheme: the lease notices of %r are subscribed again", self.name)
 
     def _deliver(self, payload: bytes) -> None:
         try:
@@ -294,6 +318,7 @@ class LeaseHub:
 
     def _lose(self, error: BaseException) -> None:
         if self.subscribed:
+            self._lost += 1
             logger.warning(
                 "cacheme: the lease notices of %r lost their subscription (%r); waiters ask again at "
                 "intervals until it is back",
@@ -310,10 +335,34 @@ class LeaseHub:
     async def close(self) -> None:
         bus.bus_thread().stop(self)
         await self._senders.close()
+        await self._askers.close()
         try:
             await self.leases.close()
         except Exception:
             logger.exception("cacheme: closing the leases of %r failed", self.name)
+
+
+def _one_of(taken: Taken, key: str) -> Taken:
+    """What ``taken`` says of ``key`` alone."""
+    one = Taken({}, {}, {}, [])
+    if key in taken.found:
+        one.found[key] = taken.found[key]
+    elif key in taken.granted:
+        one.granted[key] = taken.granted[key]
+    elif key in taken.held:
+        one.held[key] = taken.held[key]
+    else:
+        one.unleased.append(key)
+    return one
+
+
+async def _new_askers() -> dict[Any, Coalescer[str, Taken]]:
+    return {}
+
+
+async def _drain_askers(askers: dict[Any, Coalescer[str, Taken]]) -> None:
+    for asker in askers.values():
+        await asker.drain()
 
 
 def _set_done(waiter: asyncio.Future[None]) -> None:

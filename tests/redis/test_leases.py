@@ -7,7 +7,7 @@ processes: tests/fleet/test_leases.py.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -17,6 +17,13 @@ from cacheme.entry import LEASE_MARK
 from cacheme_redis.lease import RedisLeases
 from cacheme_redis.storage import RedisStorage
 from tests.fixtures.redis_servers import SHARED_HOST, SHARED_PORT, RedisClusterProcesses
+
+
+def fenced(
+    values: dict[str, bytes], marks: Mapping[str, bytes], ttl_ms: int | None
+) -> tuple[dict[str, bytes], Mapping[str, bytes], dict[str, int | None]]:
+    """``write``'s arguments: ``values`` under ``marks``, each with the expiry ``ttl_ms``."""
+    return values, marks, dict.fromkeys(values, ttl_ms)
 
 
 @pytest.fixture(params=["redis", "redis-cluster"])
@@ -53,11 +60,11 @@ async def test_the_three_scripts_grant_answer_the_time_left_or_the_value_and_fen
         # The write lands only where the mark still stands.
         other.delete(keys[2])  # an invalidate
         other.set(keys[3], b"refreshed")  # a refresh
-        written = await leases.write({key: b"loaded" for key in keys[2:6] + keys[:1]}, first, 60_000)
+        written = await leases.write(*fenced({key: b"loaded" for key in keys[2:6] + keys[:1]}, first, 60_000))
         assert written == 3  # keys[0], keys[4], keys[5]
         assert other.get(keys[0]) == b"loaded" and 55_000 < other.pttl(keys[0]) <= 60_000
         assert other.get(keys[2]) is None and other.get(keys[3]) == b"refreshed"
-        assert await leases.write({keys[6]: b"forever"}, first, None) == 1
+        assert await leases.write(*fenced({keys[6]: b"forever"}, first, None)) == 1
         assert other.pttl(keys[6]) == -1
         # A release deletes only the key's own mark.
         await leases.release({keys[7]: first[keys[7]], keys[8]: LEASE_MARK + b"another's mark!!"})

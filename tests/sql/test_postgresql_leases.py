@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,13 @@ from tests.sql.support import fresh_table
 
 ROOT = Path(__file__).resolve().parents[2]
 LEASE = timedelta(seconds=10)
+
+
+def fenced(
+    values: dict[str, bytes], marks: Mapping[str, bytes], ttl_ms: int | None
+) -> tuple[dict[str, bytes], Mapping[str, bytes], dict[str, int | None]]:
+    """``write``'s arguments: ``values`` under ``marks``, each with the expiry ``ttl_ms``."""
+    return values, marks, dict.fromkeys(values, ttl_ms)
 
 
 def mark(token: bytes | str) -> bytes:
@@ -150,12 +157,12 @@ async def test_acquire_grants_answers_the_time_left_or_the_value_and_write_is_fe
     # The write lands only where the mark still stands.
     await table.delete(keys[2])  # an invalidate
     await table.put(keys[3], b"refreshed")  # a refresh
-    written = await leases.write({key: b"loaded" for key in [*keys[2:6], keys[0]]}, first, 60_000)
+    written = await leases.write(*fenced({key: b"loaded" for key in [*keys[2:6], keys[0]]}, first, 60_000))
     assert written == 3  # keys[0], keys[4], keys[5]
     row = await table.row(keys[0])
     assert row is not None and row[0] == b"loaded" and row[1] is not None and 59 < row[1] <= 60
     assert await table.raw(keys[2]) is None and await table.raw(keys[3]) == b"refreshed"
-    assert await leases.write({keys[6]: b"forever"}, first, None) == 1
+    assert await leases.write(*fenced({keys[6]: b"forever"}, first, None)) == 1
     assert await table.row(keys[6]) == (b"forever", None)
     # A release deletes only the key's own mark.
     await leases.release({keys[7]: first[keys[7]], keys[8]: mark("another's mark")})
@@ -176,7 +183,7 @@ async def test_an_expired_mark_or_value_is_taken_over(leases: PostgreSQLLeases, 
     for key, token in mine.items():
         row = await table.row(key)
         assert row is not None and row[0] == token and row[1] is not None and 2.9 < row[1] <= 3
-    assert await leases.write({"expired mark": b"mine"}, mine, 1000) == 1
+    assert await leases.write(*fenced({"expired mark": b"mine"}, mine, 1000)) == 1
 
 
 async def test_a_lease_that_expired_writes_nothing_even_when_nobody_took_it(
@@ -185,7 +192,7 @@ async def test_a_lease_that_expired_writes_nothing_even_when_nobody_took_it(
     mine = {"short": mark("short")}
     assert await leases.acquire(mine, 50) == [0]
     await asyncio.sleep(0.15)
-    assert await leases.write({"short": b"too late"}, mine, None) == 0
+    assert await leases.write(*fenced({"short": b"too late"}, mine, None)) == 0
     assert await table.raw("short") is None  # absent to readers, as the lease is over
 
 
@@ -201,7 +208,7 @@ async def test_a_write_refused_after_a_takeover(leases: PostgreSQLLeases, table:
     assert await leases.acquire(mine, 50) == [0]
     await asyncio.sleep(0.1)
     assert await leases.acquire({"k": mark("theirs")}, 5000) == [0]  # another process took it over
-    assert await leases.write({"k": b"mine"}, mine, None) == 0
+    assert await leases.write(*fenced({"k": b"mine"}, mine, None)) == 0
     await leases.release(mine)
     assert await table.raw("k") == mark("theirs")
 
@@ -214,7 +221,7 @@ async def test_many_keys_in_one_call(leases: PostgreSQLLeases, table: Table) -> 
     answers = await leases.acquire(marks, 10_000)
     assert answers[10] == b"present" and isinstance(answers[11], int) and answers[11] > 9000
     assert [answers[i] for i in range(len(keys)) if i not in (10, 11)] == [0] * 1998
-    written = await leases.write({key: key.encode() for key in keys}, marks, 60_000)
+    written = await leases.write(*fenced({key: key.encode() for key in keys}, marks, 60_000))
     assert written == 1998
     assert await leases.storage.get_many(keys[:3]) == {key: key.encode() for key in keys[:3]}
     again = await leases.acquire({key: mark("again") for key in keys}, 10_000)
@@ -291,7 +298,7 @@ async def test_a_call_for_three_hundred_keys_takes_the_round_trips_of_a_call_for
         timings = []
         for call in (
             lambda: leases.acquire(marks, 5000),
-            lambda: leases.write({key: b"v" for key in marks}, marks, 60_000),
+            lambda: leases.write(*fenced({key: b"v" for key in marks}, marks, 60_000)),
             lambda: leases.release(marks),
         ):
             started = time.monotonic()

@@ -324,31 +324,33 @@ async def _send(
     to the breaker, never raised. A cancel is raised.
     """
     if marks:
-        fenced = {key: raw for key, raw in payload.items() if key in marks}
         plain = {key: raw for key, raw in payload.items() if key not in marks}
         if plain:
             await _send(config, tier, plain, ttl)
-        if fenced:
-            await guarded(
-                config, tier, "write", len(fenced), lambda: _write_fenced(config, fenced, marks, ttl)
-            )
+        if len(plain) < len(payload):
+            hub = config.lease
+            assert hub is not None
+            fenced = {key: raw for key, raw in payload.items() if key in marks}
+            await hub.write(config, fenced, marks, None if ttl is None else ttl_milliseconds(ttl))
         return
     storage = tier.storage
-    if len(payload) == 1:
-        ((key, raw),) = payload.items()
-        await guarded(config, tier, "write", 1, lambda: storage.set(key, raw, ttl))
+    breaker = storage.breaker
+    if not breaker.allow_write():
+        return
+    try:
+        if len(payload) == 1:
+            ((key, raw),) = payload.items()
+            await within(storage.health.write_timeout, storage.set(key, raw, ttl))
+        else:
+            await within(storage.health.write_timeout, storage.set_many(payload, ttl))
+    except Exception as error:
+        _feed_failure(storage)
+        storage_failed(config, tier, "write", error, len(payload))
+    except BaseException:
+        breaker.record_abandoned()
+        raise
     else:
-        await guarded(config, tier, "write", len(payload), lambda: storage.set_many(payload, ttl))
-
-
-async def _write_fenced(
-    config: NodeConfig, payload: Mapping[str, bytes], marks: Mapping[str, bytes], ttl: timedelta | None
-) -> None:
-    """Write ``payload`` into the lease tier where each key's lease still stands; count the others."""
-    hub = config.lease
-    assert hub is not None
-    written = await hub.leases.write(payload, marks, None if ttl is None else ttl_milliseconds(ttl))
-    config.metrics._lease_fenced += len(payload) - written
+        breaker.record_success()
 
 
 async def guarded(
@@ -390,17 +392,28 @@ async def read_remote(config: NodeConfig, tier: Tier, keys: list[str]) -> dict[s
     """The bytes ``tier`` holds for ``keys``, under the storage's read deadline and breaker.
 
     None when the read was skipped (breaker open) or failed (counted, logged,
-    fed to the breaker): a miss either way. A cancel is raised.
+    fed to the breaker): a miss either way. A cancel is raised. (The hot path
+    of a miss: ``guarded``'s work, inline.)
     """
     storage = tier.storage
-    if len(keys) == 1:
-        return await guarded(config, tier, "read", 1, lambda: _get_one(storage, keys[0]))
-    return await guarded(config, tier, "read", len(keys), lambda: storage.get_many(keys))
-
-
-async def _get_one(storage: BaseStorage, key: str) -> dict[str, bytes]:
-    raw = await storage.get(key)
-    return {} if raw is None else {key: raw}
+    breaker = storage.breaker
+    if not breaker.allow():
+        return None
+    try:
+        if len(keys) == 1:
+            raw = await within(storage.health.read_timeout, storage.get(keys[0]))
+            raws = {} if raw is None else {keys[0]: raw}
+        else:
+            raws = await within(storage.health.read_timeout, storage.get_many(keys))
+    except Exception as error:
+        _feed_failure(storage)
+        storage_failed(config, tier, "read", error, len(keys))
+        return None
+    except BaseException:
+        breaker.record_abandoned()
+        raise
+    breaker.record_success()
+    return raws
 
 
 async def delete(config: NodeConfig, tier: Tier, key: str) -> None:

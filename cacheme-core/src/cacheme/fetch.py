@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import random
 import threading
@@ -266,8 +267,7 @@ async def _wait_for_lease(
         backfills: list[Backfill] = []
         undecodable = found_by_lease(config, {key: flight}, taken.found, backfills)
         load = bool(undecodable) or key not in taken.found
-        if key in taken.granted:
-            flight.lease = taken.granted[key]
+        flight.lease = taken.granted.get(key) or taken.unleased.get(key)
         await write_backfills(config, backfills)
     except BaseException as caught:
         error = caught
@@ -297,10 +297,11 @@ async def _take_leases(
     assert config.lease is not None
     taken = await config.lease.take(config, keys)
     load = found_by_lease(config, flights, taken.found, backfills)
-    for key, mark in taken.granted.items():
+    for key, mark in itertools.chain(taken.granted.items(), taken.unleased.items()):
+        # A key loaded without a lease keeps the mark asked for: it may stand in the tier all
+        # the same, and then it must be replaced (fenced write) or released, and its waiters told.
         flights[key].lease = mark
         load.append(key)
-    load += taken.unleased
     for key, ticket in taken.held.items():
         flight = flights[key]
         flight.task = table.spawn(_wait_for_lease(table, config, key, flight, ticket))

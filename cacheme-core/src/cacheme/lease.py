@@ -89,9 +89,12 @@ class Leases(bus.Bus):
         key's bytes (its value)."""
 
     @abc.abstractmethod
-    async def write(self, values: Mapping[str, bytes], marks: Mapping[str, bytes], ttl_ms: int | None) -> int:
-        """For each key of ``values``: write its value (expiring in ``ttl_ms``; None: never) only if
-        the key still holds its mark from ``marks``, atomically. Answer how many were written."""
+    async def write(
+        self, values: Mapping[str, bytes], marks: Mapping[str, bytes], ttls: Mapping[str, int | None]
+    ) -> int:
+        """For each key of ``values``: write its value (expiring in ``ttls[key]`` milliseconds; None:
+        never) only if the key still holds its mark from ``marks``, atomically. Answer how many
+        were written."""
 
     @abc.abstractmethod
     async def release(self, marks: Mapping[str, bytes]) -> None:
@@ -117,7 +120,9 @@ class Taken(NamedTuple):
     found: dict[str, bytes]  # keys written by another process meanwhile, and their bytes
     granted: dict[str, bytes]  # keys whose lease this process holds now, and their marks
     held: dict[str, Ticket]  # keys another process holds: the wait for each one's notice
-    unleased: list[str]  # keys to load without a lease: the lease tier failed (fail-open)
+    # Keys to load without a lease: the lease tier failed (fail-open); the marks asked for, which
+    # the tier may have written all the same (a request past its deadline still runs there).
+    unleased: dict[str, bytes]
 
 
 class LeaseHub:
@@ -139,9 +144,13 @@ class LeaseHub:
         self._senders: PerLoop[Coalescer[str, None]] = PerLoop(
             self._new_sender, _drain, name=f"lease notices of {name!r}"
         )
-        # The keys asked for again after a wait, per node config, one request per loop turn.
+        # The keys asked for again after a wait, and the fenced writes, per node config: one
+        # request per loop turn each.
         self._askers: PerLoop[dict[Any, Coalescer[str, Taken]]] = PerLoop(
-            _new_askers, _drain_askers, name=f"lease requests of {name!r}"
+            _new_batchers, _drain_batchers, name=f"lease requests of {name!r}"
+        )
+        self._writers: PerLoop[dict[Any, Coalescer[tuple[str, bytes, bytes, int | None], None]]] = PerLoop(
+            _new_batchers, _drain_batchers, name=f"fenced writes of {name!r}"
         )
         self._lost = 0
 
@@ -168,10 +177,10 @@ class LeaseHub:
         except BaseException:
             self._forget(tickets)
             raise
-        taken = Taken({}, {}, {}, [])
+        taken = Taken({}, {}, {}, {})
         if answers is None:
             config.metrics._lease_fail_open += len(keys)
-            taken.unleased.extend(keys)
+            taken.unleased.update(marks)
             self._forget(tickets)
             return taken
         for ticket, answer in zip(tickets, answers, strict=True):
@@ -216,15 +225,46 @@ class LeaseHub:
         askers = self._askers.current() or await self._askers.get()
         asker = askers.get(config)
         if asker is None:
-            asker = askers[config] = Coalescer(
-                asyncio.get_running_loop(), functools.partial(self._take_each, config)
-            )
+            take_each = functools.partial(self._take_each, config)
+            asker = askers[config] = Coalescer(asyncio.get_running_loop(), take_each)
         return await asker.submit(key)
 
     async def _take_each(self, config: NodeConfig, keys: list[str]) -> list[Taken]:
         """``take`` for ``keys`` together, its answer split by key (in the order of ``keys``)."""
         taken = await self.take(config, list(dict.fromkeys(keys)))
         return [_one_of(taken, key) for key in keys]
+
+    async def write(
+        self, config: NodeConfig, values: Mapping[str, bytes], marks: Mapping[str, bytes], ttl_ms: int | None
+    ) -> None:
+        """Write ``values`` where their marks still stand (fenced), with the other fenced writes of
+        ``config`` in this loop turn: one request. Failures are counted, never raised."""
+        writers = self._writers.current() or await self._writers.get()
+        writer = writers.get(config)
+        if writer is None:
+            write_each = functools.partial(self._write_each, config)
+            writer = writers[config] = Coalescer(asyncio.get_running_loop(), write_each)
+        if len(values) == 1:
+            ((key, value),) = values.items()
+            await writer.submit((key, value, marks[key], ttl_ms))
+        else:
+            await asyncio.gather(
+                *[writer.submit((key, value, marks[key], ttl_ms)) for key, value in values.items()]
+            )
+
+    async def _write_each(
+        self, config: NodeConfig, items: list[tuple[str, bytes, bytes, int | None]]
+    ) -> list[None]:
+        assert config.lease_tier is not None
+        values = {key: value for key, value, _, _ in items}
+        marks = {key: mark for key, _, mark, _ in items}
+        ttls = {key: ttl for key, _, _, ttl in items}
+        written = await guarded(
+            config, config.lease_tier, "write", len(values), lambda: self.leases.write(values, marks, ttls)
+        )
+        if written is not None:
+            config.metrics._lease_fenced += len(values) - written
+        return [None] * len(items)
 
     async def give_back(self, config: NodeConfig, marks: Mapping[str, bytes]) -> None:
         """Release leases whose load failed, and tell the waiters (failures counted, never raised)."""
@@ -336,6 +376,7 @@ class LeaseHub:
         bus.bus_thread().stop(self)
         await self._senders.close()
         await self._askers.close()
+        await self._writers.close()
         try:
             await self.leases.close()
         except Exception:
@@ -344,7 +385,7 @@ class LeaseHub:
 
 def _one_of(taken: Taken, key: str) -> Taken:
     """What ``taken`` says of ``key`` alone."""
-    one = Taken({}, {}, {}, [])
+    one = Taken({}, {}, {}, {})
     if key in taken.found:
         one.found[key] = taken.found[key]
     elif key in taken.granted:
@@ -352,17 +393,17 @@ def _one_of(taken: Taken, key: str) -> Taken:
     elif key in taken.held:
         one.held[key] = taken.held[key]
     else:
-        one.unleased.append(key)
+        one.unleased[key] = taken.unleased[key]
     return one
 
 
-async def _new_askers() -> dict[Any, Coalescer[str, Taken]]:
+async def _new_batchers() -> dict[Any, Any]:
     return {}
 
 
-async def _drain_askers(askers: dict[Any, Coalescer[str, Taken]]) -> None:
-    for asker in askers.values():
-        await asker.drain()
+async def _drain_batchers(batchers: dict[Any, Coalescer[Any, Any]]) -> None:
+    for batcher in batchers.values():
+        await batcher.drain()
 
 
 def _set_done(waiter: asyncio.Future[None]) -> None:

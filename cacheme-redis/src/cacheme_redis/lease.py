@@ -65,6 +65,11 @@ return 0
 """
 
 
+def _expiry(ttl_ms: int | None) -> int | bytes:
+    """The write script's expiry argument: milliseconds, or empty for none."""
+    return b"" if ttl_ms is None else ttl_ms
+
+
 class RedisLeases(RedisBus, Leases):
     """Leases held in the keys of a Redis storage (a server or a cluster)."""
 
@@ -74,9 +79,10 @@ class RedisLeases(RedisBus, Leases):
         calls = [(_ACQUIRE, key, (mark, ttl_ms, LEASE_MARK)) for key, mark in marks.items()]
         return cast("list[bytes | int]", await self._run(calls))
 
-    async def write(self, values: Mapping[str, bytes], marks: Mapping[str, bytes], ttl_ms: int | None) -> int:
-        expiry = b"" if ttl_ms is None else ttl_ms
-        calls = [(_WRITE, key, (marks[key], value, expiry)) for key, value in values.items()]
+    async def write(
+        self, values: Mapping[str, bytes], marks: Mapping[str, bytes], ttls: Mapping[str, int | None]
+    ) -> int:
+        calls = [(_WRITE, key, (marks[key], value, _expiry(ttls[key]))) for key, value in values.items()]
         return sum(cast("list[int]", await self._run(calls)))
 
     async def release(self, marks: Mapping[str, bytes]) -> None:

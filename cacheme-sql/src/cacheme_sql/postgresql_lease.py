@@ -93,6 +93,10 @@ def _acquire_sql(table: str) -> str:
     )
 
 
+def _interval(ttl_ms: int | None) -> timedelta | None:
+    return None if ttl_ms is None else capped_ttl(timedelta(milliseconds=ttl_ms), MAX_TTL)
+
+
 class PostgreSQLLeases(PostgreSQLBus, Leases):
     """Leases held in the rows of a PostgreSQL storage's table; notices on ``cacheme_lease_<table>``."""
 
@@ -104,8 +108,8 @@ class PostgreSQLLeases(PostgreSQLBus, Leases):
         self.channel = lease_channel_for(table)
         self._sql_acquire = _acquire_sql(table)
         self._sql_write = (
-            f"UPDATE {table} AS c SET value = w.v, expire = now() + $4::interval, updated_at = now() "
-            "FROM unnest($1::bytea[], $2::bytea[], $3::bytea[]) AS w(h, m, v) "
+            f"UPDATE {table} AS c SET value = w.v, expire = now() + w.t, updated_at = now() "
+            "FROM unnest($1::bytea[], $2::bytea[], $3::bytea[], $4::interval[]) AS w(h, m, v, t) "
             "WHERE c.key_hash = w.h AND c.value = w.m AND c.expire > now()"
         )
         self._sql_release = (
@@ -119,7 +123,7 @@ class PostgreSQLLeases(PostgreSQLBus, Leases):
         keys = list(marks)
         hashes = [key_hash(key) for key in keys]
         tokens = [marks[key] for key in keys]
-        lease = capped_ttl(timedelta(milliseconds=ttl_ms), MAX_TTL)
+        lease = _interval(ttl_ms)
         rows = await self._run(
             lambda connection: connection.fetch(self._sql_acquire, hashes, keys, tokens, lease)
         )
@@ -135,16 +139,19 @@ class PostgreSQLLeases(PostgreSQLBus, Leases):
                 answers.append(value)
         return answers
 
-    async def write(self, values: Mapping[str, bytes], marks: Mapping[str, bytes], ttl_ms: int | None) -> int:
+    async def write(
+        self, values: Mapping[str, bytes], marks: Mapping[str, bytes], ttls: Mapping[str, int | None]
+    ) -> int:
         if not values:
             return 0
         keys = list(values)
         hashes = [key_hash(key) for key in keys]
         tokens = [marks[key] for key in keys]
         bodies = [values[key] for key in keys]
-        ttl = None if ttl_ms is None else capped_ttl(timedelta(milliseconds=ttl_ms), MAX_TTL)
+        # None (never expires) makes now() + NULL: a NULL expire, as the storage writes it.
+        lengths = [_interval(ttls[key]) for key in keys]
         status: str = await self._run(
-            lambda connection: connection.execute(self._sql_write, hashes, tokens, bodies, ttl)
+            lambda connection: connection.execute(self._sql_write, hashes, tokens, bodies, lengths)
         )
         return int(status.rsplit(" ", 1)[-1])
 

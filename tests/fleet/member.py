@@ -2,10 +2,10 @@
 
     python -m tests.fleet.member SPEC_JSON
 
-SPEC (JSON): ``shared_url``, ``shared_options``, ``bus`` (true: the local tier listens on the
-shared storage's bus), ``prefix`` (cache keys), ``source`` (the Redis URL of the "database":
-a node's value is the integer at ``{prefix}:source:{id}`` there, read by ``load``), ``role``
-and its arguments:
+SPEC (JSON): ``shared_url``, ``shared_options`` (its ``health``: the keywords of a
+``cacheme.Health``), ``bus`` (true: the local tier listens on the shared storage's bus),
+``prefix`` (cache keys), ``source`` (the Redis URL of the "database": a node's value is the
+integer at ``{prefix}:source:{id}`` there, read by ``load``), ``role`` and its arguments:
 
 - ``reader``: get every node of ``ids`` once (warm), print ``ready``, then get them in a loop
   for ``seconds``, one get every ``interval``; print one JSON line: the reads as
@@ -72,7 +72,10 @@ def say(line: str) -> None:
 
 async def setup() -> cacheme.LocalStorage:
     Item.source = redis.asyncio.Redis.from_url(SPEC["source"])
-    await cacheme.register_storage("shared", cacheme.Storage(SPEC["shared_url"], **SPEC["shared_options"]))
+    options = dict(SPEC["shared_options"])
+    if "health" in options:  # the keywords of a cacheme.Health
+        options["health"] = cacheme.Health(**options["health"])
+    await cacheme.register_storage("shared", cacheme.Storage(SPEC["shared_url"], **options))
     local = cacheme.Storage("local://tlfu", size=100_000, bus="shared" if SPEC["bus"] else None)
     assert isinstance(local, cacheme.LocalStorage)
     await cacheme.register_storage("local", local)

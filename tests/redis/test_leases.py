@@ -74,3 +74,28 @@ async def test_the_three_scripts_grant_answer_the_time_left_or_the_value_and_fen
             other.delete(key)
         other.close()
         await storage.close()
+
+
+async def test_thousands_of_keys_in_one_call_are_split_into_scripts_of_a_thousand(
+    lease_server: tuple[str, dict[str, Any], Callable[[], Any]],
+) -> None:
+    url, options, client = lease_server
+    storage = RedisStorage(url, **options)
+    leases = RedisLeases(storage)
+    other = client()
+    prefix = f"lease-many-{uuid.uuid4().hex[:8]}"
+    keys = [f"{{{prefix}}}:{i}" for i in range(2500)]  # one hash slot: the group is split by size alone
+    marks = {key: LEASE_MARK + i.to_bytes(16, "big") for i, key in enumerate(keys)}
+    try:
+        assert await leases.acquire(marks, 5000) == [0] * 2500
+        held = await leases.acquire({key: LEASE_MARK + b"y" * 16 for key in keys}, 5000)
+        assert all(isinstance(left, int) and 0 < left <= 5000 for left in held)
+        assert await leases.write(*fenced({key: key.encode() for key in keys}, marks, 60_000)) == 2500
+        assert other.get(keys[-1]) == keys[-1].encode()
+        await leases.release(marks)  # the marks are gone: nothing deleted
+        assert other.get(keys[0]) == keys[0].encode()
+    finally:
+        for at in range(0, len(keys), 500):
+            other.delete(*keys[at : at + 500])
+        other.close()
+        await storage.close()

@@ -203,7 +203,7 @@ async def write_remotes(
     *,
     write_back: bool = True,
     marks: Mapping[str, bytes] | None = None,
-) -> list[str]:
+) -> Sequence[str]:
     """Write ``entries`` into the remote tiers among ``tiers``, concurrently.
 
     ``bodies`` holds serialized values already read for some keys, written as
@@ -215,7 +215,7 @@ async def write_remotes(
     not serialize or had no life left).
     """
     remote = [tier for tier in tiers if not tier.local]
-    sent: list[str] = []
+    sent: tuple[str, ...] = ()  # (not a list: one per miss would feed the garbage collector)
     if not remote or not entries:
         return sent
     serialized: dict[str, bytes] = {}
@@ -238,7 +238,7 @@ async def write_remotes(
         if payload:
             fenced = marks if marks and tier is config.lease_tier else None
             if fenced:
-                sent.extend(key for key in payload if key in fenced)
+                sent = tuple(key for key in payload if key in fenced)  # (one lease tier)
             writes.append(_write_remote(config, tier, payload, ttl, write_back, fenced))
     if len(writes) == 1:
         await writes[0]

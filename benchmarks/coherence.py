@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import json
 import math
@@ -71,6 +70,7 @@ sys.path.insert(0, str(ROOT))
 
 import cacheme  # noqa: E402
 import cacheme.plugins  # noqa: E402
+from benchmarks.children import Child  # noqa: E402
 from benchmarks.outage import write_report  # noqa: E402
 from benchmarks.redis_server import RedisServer  # noqa: E402
 from benchmarks.storm import check, listed, median_range, quantiles, whole  # noqa: E402
@@ -89,7 +89,6 @@ TARGET_P99 = 0.010
 HIT_TOLERANCE = 0.05
 READY_TIMEOUT = 120.0  # a child's start: imports, subscription, warming 2 x --keys keys
 PHASE_TIMEOUT = 300.0
-LINE_LIMIT = 64 * 1024 * 1024  # a child's JSON line holds a time per key
 
 
 def bus_backends() -> list[str]:
@@ -278,79 +277,9 @@ async def child(spec: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- the driver's side of a child
 
 
-class Child:
-    """A child process: commands on its stdin, one line of answer each on its stdout, stderr to a file."""
-
-    def __init__(self, role: str, process: asyncio.subprocess.Process, log: Path) -> None:
-        self.role = role
-        self.process = process
-        self.log = log
-
-    @classmethod
-    async def start(cls, spec: dict[str, Any], workdir: Path) -> Child:
-        log = workdir / f"{spec['prefix']}-{spec['role']}.stderr"
-        with log.open("wb") as errors:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                str(SCRIPT),
-                "--child",
-                json.dumps(spec),
-                cwd=ROOT,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=errors,
-                limit=LINE_LIMIT,
-            )
-        return cls(spec["role"], process, log)
-
-    def errors(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    async def line(self, timeout: float) -> str:
-        assert self.process.stdout is not None
-        try:
-            raw = await asyncio.wait_for(self.process.stdout.readline(), timeout)
-        except asyncio.TimeoutError:
-            self.kill()
-            raise RuntimeError(
-                f"{self.role} said nothing within {timeout:g} s; stderr:\n{self.errors()}"
-            ) from None
-        if not raw:
-            await self.process.wait()
-            raise RuntimeError(f"{self.role} exited ({self.process.returncode}); stderr:\n{self.errors()}")
-        return raw.decode().strip()
-
-    async def ready(self) -> str:
-        line = await self.line(READY_TIMEOUT)
-        if not line.startswith("ready"):
-            raise RuntimeError(f"{self.role}: expected 'ready', got {line[:200]!r}")
-        return line[len("ready") :].strip()
-
-    async def send(self, text: str) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(text.encode() + b"\n")
-        await self.process.stdin.drain()
-
-    async def ask(self, text: str, timeout: float = PHASE_TIMEOUT) -> dict[str, Any]:
-        await self.send(text)
-        answer: dict[str, Any] = json.loads(await self.line(timeout))
-        return answer
-
-    async def finish(self) -> list[str]:
-        """Tell the child to exit, wait for it; the lines it wrote to stderr."""
-        with contextlib.suppress(ConnectionError):
-            await self.send("exit")
-        try:
-            await asyncio.wait_for(self.process.wait(), 30)
-        except asyncio.TimeoutError:
-            self.kill()
-        if self.process.returncode != 0:
-            raise RuntimeError(f"{self.role} exited with {self.process.returncode}; stderr:\n{self.errors()}")
-        return [line for line in self.errors().splitlines() if line.strip()]
-
-    def kill(self) -> None:
-        if self.process.returncode is None:
-            self.process.kill()
+async def start_child(spec: dict[str, Any], workdir: Path) -> Child:
+    log = workdir / f"{spec['prefix']}-{spec['role']}.stderr"
+    return await Child.start(spec["role"], SCRIPT, spec, log, cwd=ROOT)
 
 
 # ---------------------------------------------------------------- propagation and throughput
@@ -405,24 +334,24 @@ def nan_max(values: Sequence[float | None]) -> float:
 async def run_pair(shared: Shared, round_number: int, workdir: Path, args: argparse.Namespace) -> PairResult:
     prefix = f"coh-{shared.backend}-{round_number}-{uuid.uuid4().hex[:8]}"
     base = {"shared_url": shared.url, "shared_options": shared.options, "prefix": prefix, "keys": args.keys}
-    b = await Child.start({**base, "role": "holder"}, workdir)
-    a = await Child.start({**base, "role": "invalidator"}, workdir)
+    b = await start_child({**base, "role": "holder"}, workdir)
+    a = await start_child({**base, "role": "invalidator"}, workdir)
     try:
-        held: dict[str, int] = json.loads(await b.ready())
-        first_call = float(await a.ready())
+        held: dict[str, int] = json.loads(await b.ready(READY_TIMEOUT))
+        first_call = float(await a.ready(READY_TIMEOUT))
         baseline = await b.ask("counters", READY_TIMEOUT)
         if min(held.values()) != args.keys:
             raise RuntimeError(f"B holds {held} keys after warming, not {args.keys} of each set")
 
-        serial = await a.ask(f"propagation {args.rate}")
-        seen = await b.ask(f"collect propagation {args.drain_timeout}")
+        serial = await a.ask(f"propagation {args.rate}", PHASE_TIMEOUT)
+        seen = await b.ask(f"collect propagation {args.drain_timeout}", PHASE_TIMEOUT)
         starts: list[float] = serial["started"]
         drops: list[float | None] = seen["dropped_at"]
         latencies = [drop - start for start, drop in zip(starts, drops, strict=True) if drop is not None]
         calls = [end - start for start, end in zip(starts, serial["returned"], strict=True)]
 
-        burst = await a.ask(f"throughput {args.batch}")
-        burst_seen = await b.ask(f"collect throughput {args.drain_timeout}")
+        burst = await a.ask(f"throughput {args.batch}", PHASE_TIMEOUT)
+        burst_seen = await b.ask(f"collect throughput {args.drain_timeout}", PHASE_TIMEOUT)
         burst_drops: list[float | None] = burst_seen["dropped_at"]
         last_drop = nan_max(burst_drops)
         done = burst["finished"] - burst["started"]
@@ -434,7 +363,8 @@ async def run_pair(shared: Shared, round_number: int, workdir: Path, args: argpa
         a.kill()
         b.kill()
         raise
-    stderr = [f"A: {line}" for line in await a.finish()] + [f"B: {line}" for line in await b.finish()]
+    stderr = [f"A: {line}" for line in await a.finish(30, say_exit=True)]
+    stderr += [f"B: {line}" for line in await b.finish(30, say_exit=True)]
     return PairResult(
         backend=shared.backend,
         round=round_number,

@@ -86,6 +86,7 @@ sys.path.insert(0, str(ROOT))
 
 import cacheme  # noqa: E402
 import cacheme.node  # noqa: E402
+from benchmarks.children import Child  # noqa: E402
 from benchmarks.outage import write_report  # noqa: E402
 from benchmarks.redis_server import AdminClient  # noqa: E402
 from benchmarks.storm import count_counters, listed, median_range, quantiles, whole  # noqa: E402
@@ -104,7 +105,6 @@ START_AHEAD = 0.3  # seconds between the driver's "go" and the common start
 READY_TIMEOUT = 120.0
 RUN_TIMEOUT = 600.0
 SETTLE_TIMEOUT = 30.0  # a child's wait for its write-backs after its last answer
-LINE_LIMIT = 64 * 1024 * 1024  # a child's result line holds a latency per request
 # The targets.
 LOADS_TARGET = 1.02
 TIME_TARGET = 1.2
@@ -316,69 +316,6 @@ async def child(spec: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- the driver's side of a child
 
 
-class Child:
-    """A child process: ``ready``, then ``go T`` on its stdin, one JSON line back; stderr to a file."""
-
-    def __init__(self, name: str, process: asyncio.subprocess.Process, log: Path) -> None:
-        self.name = name
-        self.process = process
-        self.log = log
-
-    @classmethod
-    async def start(cls, name: str, spec: dict[str, Any], env: dict[str, str], log: Path) -> Child:
-        with log.open("wb") as errors:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                str(SCRIPT),
-                "--child",
-                json.dumps(spec),
-                cwd=ROOT,
-                env=env,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=errors,
-                limit=LINE_LIMIT,
-            )
-        return cls(name, process, log)
-
-    def errors(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    async def line(self, timeout: float) -> str:
-        assert self.process.stdout is not None
-        try:
-            raw = await asyncio.wait_for(self.process.stdout.readline(), timeout)
-        except asyncio.TimeoutError:
-            self.kill()
-            raise RuntimeError(
-                f"{self.name} said nothing within {timeout:g} s; stderr:\n{self.errors()}"
-            ) from None
-        if not raw:
-            await self.process.wait()
-            raise RuntimeError(f"{self.name} exited ({self.process.returncode}); stderr:\n{self.errors()}")
-        return raw.decode().strip()
-
-    async def send(self, text: str) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(text.encode() + b"\n")
-        await self.process.stdin.drain()
-
-    async def finish(self) -> list[str]:
-        """Wait for the child's exit; the lines it wrote to stderr."""
-        try:
-            await asyncio.wait_for(self.process.wait(), 60)
-        except asyncio.TimeoutError:
-            self.kill()
-            await self.process.wait()
-        if self.process.returncode != 0:
-            raise RuntimeError(f"{self.name} exited with {self.process.returncode}; stderr:\n{self.errors()}")
-        return [line for line in self.errors().splitlines() if line.strip()]
-
-    def kill(self) -> None:
-        if self.process.returncode is None:
-            self.process.kill()
-
-
 # ---------------------------------------------------------------- one run
 
 
@@ -534,7 +471,9 @@ async def run_once(
                 "redis_port": args.redis_port,
             }
             log = (args.logs or workdir) / f"{prefix}-{index}.stderr"
-            children.append(await Child.start(f"{variant} process {index}", spec, env, log))
+            children.append(
+                await Child.start(f"{variant} process {index}", SCRIPT, spec, log, cwd=ROOT, env=env)
+            )
         for process in children:
             line = await process.line(READY_TIMEOUT)
             if line != "ready":
@@ -546,7 +485,7 @@ async def run_once(
         answers = [json.loads(await process.line(RUN_TIMEOUT)) for process in children]
         commands = command_stats(admin)
         commands.subtract(before)
-        stderr = [f"{process.name}: {line}" for process in children for line in await process.finish()]
+        stderr = [f"{process.name}: {line}" for process in children for line in await process.finish(60)]
     except BaseException:
         for process in children:
             process.kill()

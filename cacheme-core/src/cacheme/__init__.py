@@ -15,6 +15,7 @@ from cacheme.errors import (
     StorageNotRegistered,
 )
 from cacheme.health import Health, HealthSnapshot
+from cacheme.lease import Leases
 from cacheme.memoize import Memoize, Memoized
 from cacheme.node import Cache, DynamicNode, Node, build_node, get_prefix, nodes, set_prefix
 from cacheme.plugins import Storage, hookimpl, installed_schemes
@@ -44,6 +45,7 @@ __all__ = [
     "Health",
     "HealthSnapshot",
     "InvalidKeyError",
+    "Leases",
     "LocalStorage",
     "Memoize",
     "Memoized",

@@ -27,12 +27,15 @@ from cacheme.registry import (
     unregister_storage,
 )
 from cacheme.serializer import Serializer
-from cacheme.stats import Metrics
+from cacheme.snapshot import NodeSnapshot, Snapshot, StorageSnapshot, snapshot
+from cacheme.source import LoadHook, LoadInfo, add_load_hook
+from cacheme.stats import LOAD_TIME_BUCKETS, LoadTimeHistogram, Metrics
 from cacheme.storage import MISSING, BaseStorage, LocalStorage
 
 __version__ = "1.0.0"
 
 __all__ = [
+    "LOAD_TIME_BUCKETS",
     "MISSING",
     "BaseStorage",
     "BloomFilter",
@@ -46,16 +49,23 @@ __all__ = [
     "HealthSnapshot",
     "InvalidKeyError",
     "Leases",
+    "LoadHook",
+    "LoadInfo",
+    "LoadTimeHistogram",
     "LocalStorage",
     "Memoize",
     "Memoized",
     "Metrics",
     "Node",
+    "NodeSnapshot",
     "NodeDefinitionError",
     "Serializer",
+    "Snapshot",
     "Storage",
     "StorageConfigError",
     "StorageNotRegistered",
+    "StorageSnapshot",
+    "add_load_hook",
     "build_node",
     "bus_health",
     "get",
@@ -69,6 +79,7 @@ __all__ = [
     "register_storage",
     "registered_storages",
     "set_prefix",
+    "snapshot",
     "stats",
     "storage_health",
     "unregister_storage",

@@ -76,8 +76,11 @@ _last_logged: dict[str, float] = {}
 def storage_failed(
     config: NodeConfig, tier: Tier, operation: str, error: BaseException, keys: int = 1
 ) -> None:
-    """Count (one per key affected) and log a failed storage operation."""
+    """Count (one per key affected, in the node's stats and the storage's) and log a failed
+    storage operation."""
     config.metrics._storage_errors += keys
+    counts = tier.storage.error_counts
+    counts[operation] = counts.get(operation, 0) + keys
     now = time.monotonic()
     if now - _last_logged.get(tier.name, -ERROR_LOG_INTERVAL) >= ERROR_LOG_INTERVAL:
         _last_logged[tier.name] = now

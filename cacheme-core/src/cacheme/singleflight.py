@@ -36,6 +36,7 @@ __all__ = [
     "FlightTable",
     "table",
     "in_flight_count",
+    "in_flight_everywhere",
     "settle",
     "changing",
     "begin_change",
@@ -243,6 +244,11 @@ def in_flight_count() -> int:
     """
     found = table()
     return len(found.flights) + len(found.detached)
+
+
+def in_flight_everywhere() -> int:
+    """How many keys are being fetched (or written back) in every event loop of the process."""
+    return sum(len(each.flights) + len(each.detached) for each in _every_table())
 
 
 async def settle(flight: Flight) -> None:

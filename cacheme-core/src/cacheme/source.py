@@ -8,8 +8,11 @@ never a wrong value.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cacheme.entry import Entry
@@ -18,7 +21,72 @@ from cacheme.node import Node
 if TYPE_CHECKING:
     from cacheme.config import NodeConfig
 
-__all__ = ["Loader", "load_many", "load_one", "values_in_order"]
+__all__ = ["LoadHook", "LoadInfo", "Loader", "add_load_hook", "load_many", "load_one", "values_in_order"]
+
+logger = logging.getLogger("cacheme")
+
+
+@dataclass(frozen=True)
+class LoadInfo:
+    """One call of a source, as load hooks see it: the node class's qualified name, the full key
+    (None for a class's ``load_all``) and how many nodes the call loads."""
+
+    node: str
+    key: str | None
+    size: int
+
+
+# Called as a load starts; its context manager is entered around the load, in the task that
+# runs it, and exited when it ends (with the load's exception, if it raised).
+LoadHook = Callable[[LoadInfo], AbstractContextManager[None]]
+_hooks: list[LoadHook] = []
+
+
+def add_load_hook(hook: LoadHook) -> Callable[[], None]:
+    """Run ``hook`` around every source load from now on (tracing, say); returns its remover.
+
+    A hook that raises is logged and skipped: it never fails a load. With no
+    hook (the default), a load costs what it did.
+    """
+    _hooks.append(hook)
+
+    def remove() -> None:
+        if hook in _hooks:
+            _hooks.remove(hook)
+
+    return remove
+
+
+async def _observed(info: LoadInfo, load: Awaitable[Any]) -> Any:
+    """``await load`` inside the context of each load hook."""
+    entered: list[AbstractContextManager[None]] = []
+    for hook in list(_hooks):
+        try:
+            context = hook(info)
+            context.__enter__()
+        except Exception:
+            logger.exception("cacheme: load hook %r failed as the load of %s began; skipped", hook, info.node)
+            continue
+        entered.append(context)
+    try:
+        value = await load
+    except BaseException as error:
+        _leave(entered, info, error)
+        raise
+    _leave(entered, info, None)
+    return value
+
+
+def _leave(entered: list[AbstractContextManager[None]], info: LoadInfo, error: BaseException | None) -> None:
+    for context in reversed(entered):
+        try:
+            if error is None:
+                context.__exit__(None, None, None)
+            else:
+                context.__exit__(type(error), error, error.__traceback__)
+        except Exception:
+            logger.exception("cacheme: load hook %r failed as the load of %s ended", context, info.node)
+
 
 # A source used instead of ``node.load()``: called with the node (``get(node, load_fn)``, Memoize).
 Loader = Callable[[Any], Awaitable[Any]]
@@ -29,14 +97,21 @@ async def load_one(config: NodeConfig, node: Node, load: Loader | None) -> Entry
     metrics = config.metrics
     started = time.perf_counter_ns()
     try:
-        value = await (node.load() if load is None else load(node))
+        if _hooks:
+            info = LoadInfo(config.node_class.__qualname__, node.full_key(), 1)
+            value = await _observed(info, node.load() if load is None else load(node))
+        else:
+            value = await (node.load() if load is None else load(node))
     except BaseException:
+        elapsed = time.perf_counter_ns() - started
         metrics._load_failures += 1
-        metrics._load_time_ns += time.perf_counter_ns() - started
+        metrics._load_time_ns += elapsed
+        metrics.observe_loads(elapsed)
         raise
     elapsed = time.perf_counter_ns() - started
     metrics._load_successes += 1
     metrics._load_time_ns += elapsed
+    metrics.observe_loads(elapsed)
     return Entry(value, time.time(), elapsed / 1e9, None)
 
 
@@ -95,14 +170,22 @@ async def load_many(config: NodeConfig, nodes: Sequence[Node]) -> list[Entry]:
     metrics = config.metrics
     started = time.perf_counter_ns()
     try:
-        values = values_in_order(config.node_class, nodes, await config.node_class.load_all(nodes))
+        if _hooks:
+            info = LoadInfo(config.node_class.__qualname__, None, len(nodes))
+            returned = await _observed(info, config.node_class.load_all(nodes))
+        else:
+            returned = await config.node_class.load_all(nodes)
+        values = values_in_order(config.node_class, nodes, returned)
     except BaseException:
+        elapsed = time.perf_counter_ns() - started
         metrics._load_failures += len(nodes)
-        metrics._load_time_ns += time.perf_counter_ns() - started
+        metrics._load_time_ns += elapsed
+        metrics.observe_loads(elapsed, len(nodes))
         raise
     elapsed = time.perf_counter_ns() - started
     metrics._load_successes += len(nodes)
     metrics._load_time_ns += elapsed
+    metrics.observe_loads(elapsed, len(nodes))
     return _fresh_entries(values, time.time(), elapsed / 1e9)
 
 

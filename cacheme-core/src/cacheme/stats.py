@@ -1,8 +1,45 @@
-"""Per node class counters, kept as plain ints on the hot path."""
+"""Per node class counters, kept as plain ints on the hot path, and each node's load times as a
+histogram (``LOAD_TIME_BUCKETS``), recorded by the source's loads only (never by a hit)."""
 
 from __future__ import annotations
 
-__all__ = ["Metrics"]
+import bisect
+from dataclasses import dataclass
+
+__all__ = ["LOAD_TIME_BUCKETS", "LoadTimeHistogram", "Metrics"]
+
+# The histogram's upper bounds, in seconds: from a fast database round trip to a load that
+# outlives any sensible deadline. A load of more than 30 s lands in the last (+Inf) bucket.
+LOAD_TIME_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+_BOUNDS_NS = [round(bound * 1e9) for bound in LOAD_TIME_BUCKETS]
+
+
+@dataclass(frozen=True)
+class LoadTimeHistogram:
+    """How long a node class's loads took: ``counts[i]`` loads took at most ``buckets[i]``
+    seconds and more than the bound before (not cumulative); ``counts[-1]`` more than the last
+    bound. ``count`` loads in all, ``sum`` seconds in all (a batch's time once per node it loaded)."""
+
+    buckets: tuple[float, ...]
+    counts: tuple[int, ...]
+    count: int
+    sum: float
 
 
 class Metrics:
@@ -14,6 +51,8 @@ class Metrics:
 
     __slots__ = (
         "_hits",
+        "_load_buckets",
+        "_load_observed_ns",
         "_lease_fail_open",
         "_lease_fenced",
         "_lease_waits",
@@ -34,6 +73,8 @@ class Metrics:
         self._load_successes = 0
         self._load_failures = 0
         self._load_time_ns = 0
+        self._load_buckets = [0] * (len(LOAD_TIME_BUCKETS) + 1)
+        self._load_observed_ns = 0  # the histogram's sum (a batch's time once per node)
         self._storage_errors = 0
         self._refreshes = 0
         self._refresh_failures = 0
@@ -82,6 +123,16 @@ class Metrics:
         """Nanoseconds per load."""
         loads = self.load_count()
         return self._load_time_ns / loads if loads else 0.0
+
+    def observe_loads(self, elapsed_ns: int, nodes: int = 1) -> None:
+        """Put ``nodes`` loads that took ``elapsed_ns`` each into the load-time histogram."""
+        self._load_buckets[bisect.bisect_left(_BOUNDS_NS, elapsed_ns)] += nodes
+        self._load_observed_ns += elapsed_ns * nodes
+
+    def load_time_histogram(self) -> LoadTimeHistogram:
+        """The load times so far (successful and failed loads alike)."""
+        counts = tuple(self._load_buckets)
+        return LoadTimeHistogram(LOAD_TIME_BUCKETS, counts, sum(counts), self._load_observed_ns / 1e9)
 
     def storage_error_count(self) -> int:
         """Keys whose storage read or write failed (each read a miss, each write skipped)."""

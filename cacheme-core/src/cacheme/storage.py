@@ -59,6 +59,9 @@ class BaseStorage(abc.ABC):
 
     def __init__(self, url: str, **options: Any) -> None:
         self.url = url
+        # Keys whose operation on this storage failed, by operation ("read", "write", "delete",
+        # "lease"), counted by the engine (``cacheme.snapshot()`` reads them).
+        self.error_counts: dict[str, int] = {}
         self.use_health(Health())
 
     def use_health(self, health: Health) -> None:
@@ -126,6 +129,11 @@ class LocalStorage(BaseStorage):
     # and the bus once bound (``cacheme.bus.BusHub``, set by register_storage).
     bus_name: str | None = None
     bus_hub: Any = None
+
+    def entry_count(self) -> int | None:
+        """How many entries the storage holds now (None when it cannot tell): its ``len()``."""
+        length = getattr(self, "__len__", None)
+        return None if length is None else int(length())
 
     @abc.abstractmethod
     def get_sync(self, key: str) -> Any: ...

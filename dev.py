@@ -28,6 +28,8 @@ DISTRIBUTIONS = [
     "cacheme-redis[hiredis]",
     "cacheme-sql[sqlite,postgres,mysql]",
     "cacheme-mongo",
+    "cacheme-prometheus",
+    "cacheme-opentelemetry",
 ]
 TEST_REQUIREMENTS = ROOT / "requirements-test.txt"
 

@@ -1,6 +1,6 @@
 """Sessions: one per distribution, each run twice, plus lint, types and bench.
 
-nox -s core local redis sql mongo integration   # the driver matrix: every test session, lowest and newest
+nox -s core local redis sql mongo prometheus opentelemetry integration   # the driver matrix
 nox -s lint types                               # ruff and mypy --strict
 nox -s bench                                    # the benchmarks (not run by CI)
 
@@ -37,6 +37,8 @@ ALL = [
     "cacheme-redis[hiredis]",
     "cacheme-sql[sqlite,postgres,mysql]",
     "cacheme-mongo",
+    "cacheme-prometheus",
+    "cacheme-opentelemetry",
 ]
 DRIVERS = nox.parametrize("drivers", ["lowest", "newest"])
 # Printed with the drivers by every test session: they shape the run too.
@@ -128,6 +130,20 @@ def sql(session: nox.Session, drivers: str) -> None:
 def mongo(session: nox.Session, drivers: str) -> None:
     install(session, drivers, *ALL)
     session.run("pytest", "tests/mongo", "tests/conformance", "-k", "mongo", *session.posargs)
+
+
+@nox.session
+@DRIVERS
+def prometheus(session: nox.Session, drivers: str) -> None:
+    install(session, drivers, *ALL)
+    session.run("pytest", "tests/prometheus", *session.posargs)
+
+
+@nox.session
+@DRIVERS
+def opentelemetry(session: nox.Session, drivers: str) -> None:
+    install(session, drivers, *ALL)
+    session.run("pytest", "tests/opentelemetry", *session.posargs)
 
 
 @nox.session

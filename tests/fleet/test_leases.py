@@ -10,7 +10,9 @@ their answers and events (a load starting) on their stdout.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import queue
 import random
 import signal
@@ -28,9 +30,11 @@ import pytest
 import redis
 import redis.cluster
 
+import cacheme
 from cacheme.lease import MARK
 from tests.fixtures.proxy import TcpProxy
 from tests.fixtures.redis_servers import SHARED_HOST, SHARED_PORT, RedisClusterProcesses, RedisServer
+from tests.fixtures.sql_servers import POSTGRES_URL, drop_table, raw_postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = f"redis://{SHARED_HOST}:{SHARED_PORT}/0"
@@ -176,9 +180,10 @@ class Fleet:
     shared_url: str
     shared_options: dict[str, Any]
     prefix: str
-    tier: redis.Redis | redis.cluster.RedisCluster  # a client of the cache (and lease) tier
+    tier: redis.Redis | redis.cluster.RedisCluster | None  # a client of the cache (and lease) tier
     source: redis.Redis  # the "database"
     members: list[Member] = field(default_factory=list)
+    table: str | None = None  # the lease tier is this PostgreSQL table (``tier`` is None)
 
     def member(self, name: str, *, lease: float | None, load: float, **more: Any) -> Member:
         """Start a member: leases of ``lease`` seconds (None: none), loads that take ``load`` seconds;
@@ -202,9 +207,18 @@ class Fleet:
 
     def raw(self, item_id: int) -> bytes | None:
         """What the shared tier holds for ``item_id``."""
-        found = self.tier.get(self.key(item_id))
+        return self.entry(item_id)[0]
+
+    def entry(self, item_id: int) -> tuple[bytes | None, float]:
+        """What the shared tier holds for ``item_id`` and the seconds it has left (inf: none)."""
+        key = self.key(item_id)
+        if self.table is not None:
+            return asyncio.run(_postgres_entry(self.table, key))
+        assert self.tier is not None
+        found = self.tier.get(key)
         assert found is None or isinstance(found, bytes)
-        return found
+        left = int(self.tier.pttl(key))
+        return found, math.inf if left < 0 else left / 1000
 
     def loads(self, ids: list[int]) -> list[int]:
         """How many times each of ``ids`` was loaded, fleet-wide."""
@@ -216,6 +230,21 @@ class Fleet:
         for member in self.members:
             if not member.killed:
                 member.finish(logged)
+
+
+async def _postgres_entry(table: str, key: str) -> tuple[bytes | None, float]:
+    connection = await raw_postgres()
+    try:
+        row = await connection.fetchrow(
+            f"SELECT value, extract(epoch FROM expire - now())::float8 FROM {table} "
+            "WHERE cache_key = $1 AND (expire IS NULL OR expire > now())",
+            key,
+        )
+    finally:
+        await connection.close()
+    if row is None:
+        return None, 0.0
+    return bytes(row[0]), math.inf if row[1] is None else float(row[1])
 
 
 def _delete_prefixed(client: redis.Redis, prefix: str) -> None:
@@ -230,17 +259,24 @@ def _delete_prefixed(client: redis.Redis, prefix: str) -> None:
 
 @pytest.fixture
 def fleet(request: pytest.FixtureRequest) -> Iterator[Fleet]:
-    """A fleet on the shared Redis ("redis", the default) or on the Redis Cluster ("redis-cluster")."""
+    """A fleet on the shared Redis ("redis", the default), the Redis Cluster ("redis-cluster") or a
+    PostgreSQL table of its own ("postgresql"); the source and its load counters are in Redis."""
     kind = getattr(request, "param", "redis")
     prefix = f"lease-{uuid.uuid4().hex[:8]}"
     source = redis.Redis(host=SHARED_HOST, port=SHARED_PORT)
     cleaned = [source]
-    if kind == "redis-cluster":
+    table: str | None = None
+    tier: redis.Redis | redis.cluster.RedisCluster | None
+    if kind == "postgresql":
+        table = f"lease_fleet_{uuid.uuid4().hex[:12]}"
+        created = cacheme.Storage(POSTGRES_URL, table=table)  # made once here, not by four members at once
+        asyncio.run(_create(created))
+        tier = None
+        made = Fleet(POSTGRES_URL, {"table": table, "create_table": False}, prefix, tier, source, table=table)
+    elif kind == "redis-cluster":
         cluster: RedisClusterProcesses = request.getfixturevalue("redis_cluster")
         cleaned += [server.client() for server in cluster.masters]
-        tier: redis.Redis | redis.cluster.RedisCluster = redis.cluster.RedisCluster(
-            host="127.0.0.1", port=cluster.masters[0].port
-        )
+        tier = redis.cluster.RedisCluster(host="127.0.0.1", port=cluster.masters[0].port)
         made = Fleet(cluster.url, {"cluster": True}, prefix, tier, source)
     else:
         tier = redis.Redis(host=SHARED_HOST, port=SHARED_PORT)
@@ -253,7 +289,15 @@ def fleet(request: pytest.FixtureRequest) -> Iterator[Fleet]:
         for client in cleaned:
             _delete_prefixed(client, prefix)
             client.close()
-        tier.close()
+        if tier is not None:
+            tier.close()
+        if table is not None:
+            asyncio.run(drop_table(POSTGRES_URL, table))
+
+
+async def _create(storage: cacheme.BaseStorage) -> None:
+    await storage.connect()
+    await storage.close()
 
 
 BOTH = pytest.mark.parametrize("fleet", ["redis", "redis-cluster"], indirect=True)
@@ -284,7 +328,7 @@ def assert_holds(fleet: Fleet, item_id: int, value: str) -> None:
     assert raw is not None and not raw.startswith(MARK), raw
     assert raw.endswith(value.encode()), raw  # msgpack keeps a short string as it is, after its header
     # It expires with the cache's TTL (600 s), not with the lease it replaced.
-    assert int(fleet.tier.pttl(fleet.key(item_id))) > 60_000
+    assert fleet.entry(item_id)[1] > 60
 
 
 # ---------------------------------------------------------------- one load per key, fleet-wide
@@ -307,7 +351,7 @@ MANY = [i % 200 for i in range(2000)]  # each key of 0..199 ten times
 EVERY = list(range(100, 300))  # half of them wanted by the gets too
 
 
-@BOTH
+@pytest.mark.parametrize("fleet", ["redis", "redis-cluster", "postgresql"], indirect=True)
 def test_four_processes_load_every_missing_key_once(fleet: Fleet) -> None:
     lease = 10.0
     members, replies, stats = many_gets_at_once(fleet, lease)
@@ -346,7 +390,7 @@ def test_without_leases_the_same_run_loads_keys_more_than_once(fleet: Fleet) -> 
 # ---------------------------------------------------------------- a holder that dies
 
 
-@BOTH
+@pytest.mark.parametrize("fleet", ["redis", "redis-cluster", "postgresql"], indirect=True)
 def test_a_holder_killed_mid_load_is_taken_over_when_its_lease_expires(fleet: Fleet) -> None:
     lease = 1.5
     holder = fleet.member("a", lease=lease, load=60.0)

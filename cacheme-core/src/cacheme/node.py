@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import threading
 import weakref
 from collections.abc import Awaitable, Sequence
 from datetime import timedelta
@@ -86,6 +87,8 @@ class Loadable(Protocol[R_co]):
 
 
 _node_classes: list[weakref.ref[type[Node]]] = []
+# Held while the list changes: nodes() may run in an exporter's thread while classes are defined.
+_node_classes_lock = threading.Lock()
 
 
 # Every attribute a node's Meta may set. Anything else (``cache``, ``serialiser``,
@@ -210,7 +213,8 @@ class Node(Generic[T]):
         cls._cacheme_config = None
         if cls._cacheme_dataclass and "__init__" not in cls.__dict__:
             dataclasses.dataclass(cls, frozen=frozen, eq=eq, order=order)
-        _node_classes.append(weakref.ref(cls))
+        with _node_classes_lock:
+            _node_classes.append(weakref.ref(cls))
 
     def key(self) -> str:
         raise NotImplementedError(f"{type(self).__qualname__} must define key(self) -> str")
@@ -379,6 +383,8 @@ def _describe(arguments: tuple[Any, ...]) -> str:
 
 def nodes() -> list[type[Node]]:
     """Every node class defined so far (``DynamicNode`` itself excluded)."""
-    alive = [cls for ref in _node_classes if (cls := ref()) is not None and cls is not DynamicNode]
-    _node_classes[:] = [weakref.ref(cls) for cls in alive]
+    with _node_classes_lock:
+        alive = [cls for ref in _node_classes if (cls := ref()) is not None]
+        _node_classes[:] = [weakref.ref(cls) for cls in alive]
+    alive = [cls for cls in alive if cls is not DynamicNode]
     return alive

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from cacheme import singleflight
 from cacheme.chain import ERROR_LOG_INTERVAL, uncancel_current_task, write_local, write_remotes
 from cacheme.entry import Entry
-from cacheme.lease import Ticket
+from cacheme.lease import Taken, Ticket
 from cacheme.node import Node
 from cacheme.reading import Backfill, first_epoch, found_by_lease, read_remote_tiers, write_backfills
 from cacheme.refresh import Verdict, judge, stale_usable
@@ -265,9 +265,7 @@ async def _wait_for_lease(
     try:
         taken = await config.lease.turn(config, ticket)
         backfills: list[Backfill] = []
-        undecodable = found_by_lease(config, {key: flight}, taken.found, backfills)
-        load = bool(undecodable) or key not in taken.found
-        flight.lease = taken.granted.get(key) or taken.unleased.get(key)
+        load = bool(_apply(config, {key: flight}, taken, backfills))
         await write_backfills(config, backfills)
     except BaseException as caught:
         error = caught
@@ -296,16 +294,25 @@ async def _take_leases(
     """
     assert config.lease is not None
     taken = await config.lease.take(config, keys)
+    load = _apply(config, flights, taken, backfills)
+    for key, ticket in taken.held.items():
+        flight = flights[key]
+        flight.task = table.spawn(_wait_for_lease(table, config, key, flight, ticket))
+    return load, list(taken.held)
+
+
+def _apply(
+    config: NodeConfig, flights: Mapping[str, singleflight.Flight], taken: Taken, backfills: list[Backfill]
+) -> list[str]:
+    """Answer the flights of the keys the lease tier had; give the flights to load their marks.
+    Returns the keys to load here (granted, leaseless, or whose bytes did not decode)."""
     load = found_by_lease(config, flights, taken.found, backfills)
     for key, mark in itertools.chain(taken.granted.items(), taken.unleased.items()):
         # A key loaded without a lease keeps the mark asked for: it may stand in the tier all
         # the same, and then it must be replaced (fenced write) or released, and its waiters told.
         flights[key].lease = mark
         load.append(key)
-    for key, ticket in taken.held.items():
-        flight = flights[key]
-        flight.task = table.spawn(_wait_for_lease(table, config, key, flight, ticket))
-    return load, list(taken.held)
+    return load
 
 
 async def _end_leases(config: NodeConfig, marks: Mapping[str, bytes], written: Iterable[str]) -> None:
@@ -359,8 +366,10 @@ async def fetch_many(
                 await _load_each(config, missing, nodes, flights, loaded)
         del nodes
         await write_backfills(config, reading.backfills)
-        sent = await write_remotes(config, config.tiers, loaded, marks=_marks_of(flights, loaded))
-        if config.lease is not None:
+        if config.lease is None:
+            await write_remotes(config, config.tiers, loaded)
+        else:
+            sent = await write_remotes(config, config.tiers, loaded, marks=_marks_of(flights, loaded))
             marks = _marks_of(flights, missing)
             if marks:
                 await _end_leases(config, marks, sent)

@@ -11,12 +11,11 @@ keep counting meanwhile).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cacheme import registry, singleflight
 from cacheme.node import Node, nodes
-from cacheme.stats import LOAD_TIME_BUCKETS, LoadTimeHistogram, Metrics
+from cacheme.stats import LoadTimeHistogram, Metrics
 from cacheme.storage import LocalStorage
 
 __all__ = ["NodeSnapshot", "Snapshot", "StorageSnapshot", "snapshot"]
@@ -77,36 +76,16 @@ def snapshot() -> Snapshot:
 
 
 def _node_snapshot(name: str, every: list[Metrics]) -> NodeSnapshot:
-    counters = _summed(metrics.as_dict() for metrics in every)
-    histograms = [metrics.load_time_histogram() for metrics in every]
-    load_time = LoadTimeHistogram(
-        LOAD_TIME_BUCKETS,
-        tuple(sum(column) for column in zip(*(histogram.counts for histogram in histograms), strict=True)),
-        sum(histogram.count for histogram in histograms),
-        sum(histogram.sum for histogram in histograms),
-    )
+    metrics = every[0] if len(every) == 1 else Metrics.merged(every)
+    counters = metrics.as_dict()
     return NodeSnapshot(
         node=name,
-        request_count=int(counters["request_count"]),
-        hit_count=int(counters["hit_count"]),
-        miss_count=int(counters["miss_count"]),
-        load_success_count=int(counters["load_success_count"]),
-        load_failure_count=int(counters["load_failure_count"]),
-        storage_error_count=int(counters["storage_error_count"]),
-        load_time=load_time,
+        request_count=metrics.request_count(),
+        hit_count=metrics.hit_count(),
+        miss_count=metrics.miss_count(),
+        load_success_count=metrics.load_success_count(),
+        load_failure_count=metrics.load_failure_count(),
+        storage_error_count=metrics.storage_error_count(),
+        load_time=metrics.load_time_histogram(),
         counters=counters,
     )
-
-
-def _summed(every: Iterable[dict[str, int | float]]) -> dict[str, int | float]:
-    """The counters of several classes added up; rates and averages computed again from the sums."""
-    total: dict[str, int | float] = {}
-    for counters in every:
-        for key, value in counters.items():
-            total[key] = total.get(key, 0) + value
-    requests, loads = total.get("request_count", 0), total.get("load_count", 0)
-    total["hit_rate"] = total.get("hit_count", 0) / requests if requests else 0.0
-    total["miss_rate"] = total.get("miss_count", 0) / requests if requests else 0.0
-    total["load_failure_rate"] = total.get("load_failure_count", 0) / loads if loads else 0.0
-    total["average_load_time"] = total.get("total_load_time", 0) / loads if loads else 0.0
-    return total

@@ -4,6 +4,7 @@ histogram (``LOAD_TIME_BUCKETS``), recorded by the source's loads only (never by
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = ["LOAD_TIME_BUCKETS", "LoadTimeHistogram", "Metrics"]
@@ -123,6 +124,19 @@ class Metrics:
         """Nanoseconds per load."""
         loads = self.load_count()
         return self._load_time_ns / loads if loads else 0.0
+
+    @classmethod
+    def merged(cls, every: Iterable[Metrics]) -> Metrics:
+        """One Metrics whose counters are the sums of those of ``every`` (rates follow from them)."""
+        total = cls()
+        for metrics in every:
+            for name in cls.__slots__:
+                mine = getattr(total, name)
+                if isinstance(mine, list):
+                    setattr(total, name, [a + b for a, b in zip(mine, getattr(metrics, name), strict=True)])
+                else:
+                    setattr(total, name, mine + getattr(metrics, name))
+        return total
 
     def observe_loads(self, elapsed_ns: int, nodes: int = 1) -> None:
         """Put ``nodes`` loads that took ``elapsed_ns`` each into the load-time histogram."""

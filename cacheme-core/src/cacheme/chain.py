@@ -129,7 +129,7 @@ def decode_found(
     entries: dict[str, Entry] = {}
     bodies: dict[str, bytes] = {}
     for key, raw in raws.items():
-        if raw[:4] == LEASE_MARK:  # leased: being loaded by some process
+        if raw.startswith(LEASE_MARK):  # leased: being loaded by some process
             continue
         try:
             loaded_at, load_time, expires_at, body = unpack(raw)

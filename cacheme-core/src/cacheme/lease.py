@@ -69,7 +69,7 @@ def new_mark() -> bytes:
 
 
 def is_mark(raw: bytes) -> bool:
-    return raw[:4] == MARK
+    return raw.startswith(MARK)
 
 
 class Leases(bus.Bus):

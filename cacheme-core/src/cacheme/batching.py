@@ -76,22 +76,29 @@ class Coalescer(Generic[ItemT, ResultT]):
         self._items.append(item)
         self._futures.append(future)
         if self._sender is None and (self._max_in_flight is None or self._in_flight < self._max_in_flight):
-            self._in_flight += 1
-            self._sender = task = self._loop.create_task(self._send_queued())
-            self._running.add(task)
-            task.add_done_callback(self._sender_ended)
+            self._start_sender()
         # Otherwise a sender is due already, or the first batch in flight to finish sends the item.
         return future
+
+    def _start_sender(self) -> None:
+        self._in_flight += 1
+        self._sender = task = self._loop.create_task(self._send_queued())
+        self._running.add(task)
+        task.add_done_callback(self._sender_ended)
 
     def _sender_ended(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
         if self._sender is task:
-            # Cancelled before it ran (a shutdown handler cancelling every task,
-            # say): what it was to send gets an error, and the next submit makes
-            # a new sender instead of queueing behind this one for good.
+            # Cancelled before it ran (``asyncio.run`` cancels every task when its
+            # main coroutine ends, say). The callers cancelled with it gave their
+            # items up; what the others still wait for (a write-back sent again
+            # after a cancel) goes out with a new sender, not an error.
             self._sender = None
             self._in_flight -= 1
-            self._fail_queued("the batch was cancelled before it was sent")
+            if any(not future.done() for future in self._futures):
+                self._start_sender()
+            else:
+                self._items, self._futures = [], []
 
     def _fail_queued(self, message: str) -> None:
         futures, self._items, self._futures = self._futures, [], []

@@ -44,6 +44,8 @@ class NodeConfig:
         "node_class",
         "own_load_all",
         "policy",
+        "reads_before_load",
+        "remote",
         "serializer",
         "stale_seconds",
         "tiers",
@@ -69,6 +71,8 @@ class NodeConfig:
                 break
             self.leading_locals.append((tier.storage, tier.ttl))
         self.local_prefix = len(self.leading_locals)
+        # Whether any tier is remote (written to with an await).
+        self.remote = any(not tier.local for tier in self.tiers)
         # The invalidation buses the local tiers listen on (each once): invalidate and refresh announce.
         self.hubs: list[BusHub] = []
         for tier in self.tiers:
@@ -95,6 +99,9 @@ class NodeConfig:
         self.lease_ms = lease_milliseconds(meta.lease, name) or 0
         if self.lease_ms:
             self.lease_tier, self.lease = _lease_tier(self.tiers, name)
+        # Whether a miss of the leading local tiers reads anything (a remote or later local tier,
+        # the lease tier) before its load: if not, get's misses skip the per-turn fetch group.
+        self.reads_before_load = self.local_prefix < len(self.tiers) or self.lease is not None
 
 
 def _lease_tier(tiers: list[Tier], name: str) -> tuple[Tier, LeaseHub]:

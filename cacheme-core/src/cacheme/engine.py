@@ -58,7 +58,6 @@ async def get(node: Any, load_fn: Loader | None = None) -> Any:
         config = configure(type(node))
     key = node.full_key()
     metrics = config.metrics
-    metrics._requests += 1
     expired: Entry | None = None  # an entry of the local tiers that only stale_if_error may serve
     first = config.first_local
     if first is not None:
@@ -68,16 +67,17 @@ async def get(node: Any, load_fn: Loader | None = None) -> Any:
             entry = local_read_failed(config, 0, error)
         if entry is not MISSING:
             if config.policy is None or answers(config, key, node, load_fn, entry):
-                metrics._hits += 1
+                metrics._local_hits += 1  # a request and a hit (see Metrics)
                 return entry.value
             expired = entry
         if config.local_prefix > 1:
             entry = _read_leading_locals(config, key, 1)
             if entry is not MISSING:
                 if config.policy is None or answers(config, key, node, load_fn, entry):
-                    metrics._hits += 1
+                    metrics._local_hits += 1
                     return entry.value
                 expired = entry
+    metrics._requests += 1
     table = singleflight.table()
     flight = table.flights.get(key)
     if flight is None:

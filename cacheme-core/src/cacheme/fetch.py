@@ -3,8 +3,11 @@
 A loop turn's misses of one node class are fetched by one task
 (``_fetch_group``): one batch read per remote tier (``cacheme.reading``),
 then a task per key still missing that loads it from its source and writes
-it back (``_load_and_write``). ``get_all``'s misses are fetched by one task
-(``fetch_many``) that reads, loads and writes in batches. Each task ends by
+it into the local tiers (``_load_and_write``; a chain of local tiers only
+starts that task at once). The keys loaded in one turn are written into the
+remote tiers together, by the first of those tasks (``_write_back``).
+``get_all``'s misses are fetched by one task (``fetch_many``) that reads,
+loads and writes in batches. Each task ends by
 finishing its flights (singleflight): its waiters get the value or the error.
 A background reload (refresh_after, early_refresh) is a fetch task too
 (``renew``), and a failed load may answer with an expired entry
@@ -35,7 +38,7 @@ from cacheme.lease import Taken, Ticket
 from cacheme.node import Node
 from cacheme.reading import Backfill, first_epoch, found_by_lease, read_remote_tiers, write_backfills
 from cacheme.refresh import Verdict, judge, stale_usable
-from cacheme.source import Loader, load_many, load_one, values_in_order
+from cacheme.source import Loader, call_source, load_failed, load_many, load_one, loaded, values_in_order
 
 if TYPE_CHECKING:
     from cacheme.config import NodeConfig
@@ -94,7 +97,7 @@ def renew(
     """
     if key in table.flights:
         return
-    flight = singleflight.Flight(source=(node, load))
+    flight = singleflight.Flight(None, node, load)
     with _renewing_lock:
         if key in _renewing:
             return
@@ -110,8 +113,11 @@ def renew(
     flight.task.add_done_callback(functools.partial(_renewal_ended, key, flight))
 
 
-def _renewal_ended(key: str, flight: singleflight.Flight, _task: object = None) -> None:
-    """The reload of ``key`` by ``flight`` is over: another may start."""
+def _renewal_ended(key: str, flight: singleflight.Flight, task: object = None) -> None:
+    """The reload of ``key`` by ``flight`` is over: another may start. As a task's done callback
+    (``task`` given), only if that task still works for the flight (not handed a write group)."""
+    if task is not None and flight.task is not task:
+        return
     with _renewing_lock:
         if _renewing.get(key) is flight:
             del _renewing[key]
@@ -161,10 +167,13 @@ def want(
     table: singleflight.FlightTable, config: NodeConfig, key: str, node: Node, load: Loader | None
 ) -> singleflight.Flight:
     """Enter a flight for ``key``; the keys wanted in one loop turn are fetched by one task."""
-    flight = singleflight.Flight(source=(node, load))
+    flight = singleflight.Flight(None, node, load)
     if _changing and key in _changing:
         flight.stale = True
     table.flights[key] = flight
+    if not config.reads_before_load:  # nothing to read first: the key's load starts at once
+        flight.task = table.spawn(_load_and_write(table, config, key, flight))
+        return flight
     pending = table.groups.get(config)
     if pending is None:
         group: dict[str, singleflight.Flight] = {}
@@ -205,8 +214,8 @@ async def _fetch_group(
     finally:
         table.finish(((k, f) for k, f in group.items() if k not in handed_over), error)
     for key, entry in due:
-        node, load = group[key].source
-        renew(table, config, key, node, load, entry)
+        flight = group[key]
+        renew(table, config, key, flight.node, flight.load, entry)
 
 
 async def _load_and_write(
@@ -220,13 +229,17 @@ async def _load_and_write(
     fenced write and its notice, or is given back when nothing is written.
     """
     # The flight does not keep the node through the write-back (see fetch_many).
-    (node, load), flight.source = flight.source, None
+    node, load = flight.node, flight.load
+    flight.node = flight.load = None
     error: BaseException | None = None
     marks = None if flight.lease is None else {key: flight.lease}
     try:
+        # load_one's work, inline: one coroutine less for each key being loaded.
+        started = time.perf_counter_ns()
         try:
-            entry = await load_one(config, node, load)
+            value = await call_source(config, node, load)
         except Exception as caught:
+            load_failed(config, started)
             if flight.renewal:
                 _renewal_failed(config, key, caught)
             if (flight.renewal and flight.waiters is None) or not _answer_stale(config, flight):
@@ -234,14 +247,17 @@ async def _load_and_write(
             if marks is not None:
                 await _end_leases(config, marks, ())
             return
-        del node, load
+        entry = loaded(config, started, value)
+        del node, load, value
         written = not flight.stale and (flight.renewal or _admitted(config, key))
         if written:
             write_local(config, config.tiers, {key: entry}, flight.epoch)
         flight.resolve(entry.value, False)
-        sent = await write_remotes(config, config.tiers, {key: entry}, marks=marks) if written else ()
+        if written and config.remote:
+            await _write_back(table, config, key, flight, entry)
+            return
         if marks is not None:
-            await _end_leases(config, marks, sent)
+            await _end_leases(config, marks, ())
     except BaseException as caught:
         error = caught
         if marks is not None and isinstance(caught, asyncio.CancelledError):
@@ -249,9 +265,62 @@ async def _load_and_write(
         if not isinstance(caught, Exception):
             raise
     finally:
-        table.finish(((key, flight),), error)
-        if flight.renewal:
-            _renewal_ended(key, flight)
+        if flight.task is asyncio.current_task():  # not handed to another task's write-back
+            table.finish(((key, flight),), error)
+            if flight.renewal:
+                _renewal_ended(key, flight)
+
+
+async def _write_back(
+    table: singleflight.FlightTable, config: NodeConfig, key: str, flight: singleflight.Flight, entry: Entry
+) -> None:
+    """Write ``key``'s fresh ``entry`` into the remote tiers together with the other keys loaded
+    in this loop turn: one batch per tier, not a deadline and a batch each.
+
+    The first load of the turn writes the batch, after letting the loop run
+    once so that the others join; each other one hands its flight to it and
+    returns. A cancel meanwhile (``asyncio.run`` cancels every task when its
+    main coroutine ends) does not give the write-back up: see ``write_remotes``.
+    """
+    pending = table.writes.get(config)
+    if pending is not None:
+        batch, writer = pending
+        batch[key] = (flight, entry)
+        flight.task = writer
+        if flight.renewal:  # however the writer ends
+            writer.add_done_callback(functools.partial(_renewal_ended, key, flight))
+        return
+    batch = {key: (flight, entry)}
+    writer = typing.cast("asyncio.Task[None]", asyncio.current_task())
+    table.writes[config] = (batch, writer)
+    try:
+        await asyncio.sleep(0)
+    except asyncio.CancelledError:
+        uncancel_current_task()
+    finally:
+        del table.writes[config]
+    await _write_group(table, config, batch)
+
+
+async def _write_group(
+    table: singleflight.FlightTable, config: NodeConfig, batch: dict[str, tuple[singleflight.Flight, Entry]]
+) -> None:
+    """Write the entries of ``batch`` into the remote tiers, end their leases, finish their flights."""
+    error: BaseException | None = None
+    entries = {key: entry for key, (_, entry) in batch.items()}
+    marks = {key: flight.lease for key, (flight, _) in batch.items() if flight.lease is not None}
+    try:
+        sent = await write_remotes(config, config.tiers, entries, marks=marks or None)
+        if marks:
+            await _end_leases(config, marks, sent)
+    except BaseException as caught:
+        error = caught
+        if marks and isinstance(caught, asyncio.CancelledError):
+            await _give_back_cancelled(config, marks)
+        if not isinstance(caught, Exception):
+            raise
+    finally:
+        table.finish(((key, flight) for key, (flight, _) in batch.items()), error)
 
 
 async def _wait_for_lease(
@@ -352,7 +421,7 @@ async def fetch_many(
         if config.lease is not None and missing:
             alone = _load_all_of_one if config.own_load_all else None
             for key in missing:  # what a key another process holds is loaded with, if taken over
-                flights[key].source = (wanted[key], alone)
+                flights[key].node, flights[key].load = wanted[key], alone
             missing, handed_over = await _take_leases(table, config, flights, missing, reading.backfills)
         nodes = in_order(wanted, missing)
         due = _due_nodes(reading.due, wanted)

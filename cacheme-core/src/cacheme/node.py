@@ -196,8 +196,10 @@ class Node(Generic[T]):
     _cacheme_metrics: ClassVar[Metrics]
     # Filled by the engine on first use (see cacheme.engine.NodeConfig).
     _cacheme_config: ClassVar[Any] = None
-    # (prefix, full key) of an instance, set by full_key().
-    _cacheme_key: ClassVar[tuple[str, str] | None] = None
+    # An instance's full key and the prefix it was built with, set by full_key() (two plain
+    # attributes, not a tuple: no object to allocate, and no tuple for the collector to track).
+    _cacheme_key: ClassVar[str] = ""
+    _cacheme_key_prefix: ClassVar[str | None] = None
 
     def __init_subclass__(cls, *, frozen: bool = False, eq: bool = True, order: bool = False) -> None:
         super().__init_subclass__()
@@ -242,21 +244,30 @@ class Node(Generic[T]):
         NUL character or a surrogate code point (text that is not valid UTF-8).
         """
         prefix = _prefix
-        cached = self._cacheme_key
-        if cached is not None and cached[0] is prefix:
-            return cached[1]
+        if self._cacheme_key_prefix is prefix:
+            return self._cacheme_key
         key = self.key()
-        if not isinstance(key, str):
+        if type(key) is not str and not isinstance(key, str):
             raise TypeError(f"{type(self).__qualname__}.key() must return str, got {type(key).__name__}")
         full = f"{prefix}:{key}:{self.Meta.version}"
         if not full.isascii() or "\x00" in full:  # ASCII without NUL: nothing more to check
             _check_storable(type(self), full)
-        # object.__setattr__: frozen dataclasses included; not a field, so not in eq or repr.
-        try:  # noqa: SIM105 - contextlib.suppress costs more than the rest of this method
-            object.__setattr__(self, "_cacheme_key", (prefix, full))
+        # Kept on the instance, not as fields: not in eq, repr or asdict. A plain store when the
+        # class has no __setattr__ of its own (a frozen dataclass has one: it goes around it).
+        try:
+            if type(self).__setattr__ is _object_setattr:
+                # (ClassVar for type checkers, so that dataclass_transform makes them no fields)
+                self._cacheme_key = full  # type: ignore[misc]
+                self._cacheme_key_prefix = prefix  # type: ignore[misc]
+            else:
+                _object_setattr(self, "_cacheme_key", full)
+                _object_setattr(self, "_cacheme_key_prefix", prefix)
         except AttributeError:  # a class with __slots__ cannot keep it: its key is built every time
             pass
         return full
+
+
+_object_setattr = object.__setattr__
 
 
 def _check_storable(node_class: type[Node], full_key: str) -> None:

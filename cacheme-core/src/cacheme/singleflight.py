@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import math
 import threading
 import weakref
@@ -49,9 +50,10 @@ class Flight:
 
     ``stale`` is set when the key was invalidated or refreshed meanwhile: the
     fetch still answers its waiters but must not write what it fetched.
-    ``task`` is the task doing the work for the key now. ``source`` is what
-    the engine needs to load the key, if it loads it on its own; it is
-    dropped once the load has started. ``fallback`` is an entry that may
+    ``task`` is the task doing the work for the key now. ``node`` and
+    ``load`` are what the engine needs to load the key, if it loads it on
+    its own (the node, and its ``load_fn`` or None); they are dropped once
+    the load has started. ``fallback`` is an entry that may
     answer the waiters if the load fails (stale_if_error), ``renewal`` marks
     a background reload of a key that was served from a tier. ``epoch`` is
     the module's ``epoch`` when the flight was made. ``lease`` is the mark of
@@ -64,21 +66,23 @@ class Flight:
         "error",
         "stale",
         "task",
-        "source",
+        "node",
+        "load",
         "fallback",
         "renewal",
         "epoch",
         "lease",
     )
 
-    def __init__(self, task: asyncio.Task[None] | None = None, source: Any = None) -> None:
+    def __init__(self, task: asyncio.Task[None] | None = None, node: Any = None, load: Any = None) -> None:
         # Made on the first wait: most flights of a get_all are answered before anyone waits on them.
         self.waiters: list[asyncio.Future[tuple[Any, bool]]] | None = None
         self.outcome: tuple[Any, bool] | None = None  # (value, answered from a cache tier)
         self.error: BaseException | None = None
         self.stale = False
         self.task = task
-        self.source = source
+        self.node = node
+        self.load = load
         self.fallback: Entry | None = None
         self.renewal = False
         # What the bus-bound local tiers had seen when the flight began (see ``epoch`` below).
@@ -139,25 +143,31 @@ class FlightTable:
 
     ``groups`` gathers the keys that missed in one turn of the loop (per node
     config) so that one task fetches them together: the flights of the group
-    and the task that will fetch them. ``detached`` holds the flights taken
-    out of ``flights`` by ``detach`` (flight -> key) until their work ends.
+    and the task that will fetch them. ``writes`` gathers, the same way, the
+    keys loaded in one turn (with each key's fresh entry) and the task that
+    writes them into the remote tiers together. ``detached`` holds the flights taken out of
+    ``flights`` by ``detach`` (flight -> key) until their work ends.
     """
 
-    __slots__ = ("loop", "flights", "detached", "groups", "tasks", "_sweep_scheduled")
+    __slots__ = ("loop", "flights", "detached", "groups", "writes", "tasks", "_sweep_scheduled", "_on_end")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.flights: dict[str, Flight] = {}
         self.detached: dict[Flight, str] = {}
         self.groups: dict[Any, tuple[dict[str, Flight], asyncio.Task[None]]] = {}
+        self.writes: dict[Any, tuple[dict[str, tuple[Flight, Entry]], asyncio.Task[None]]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self._sweep_scheduled = False
+        self._on_end = self._ended  # bound once, not once per task
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``work`` in a task of its own (kept referenced until it ends)."""
         task = self.loop.create_task(work)
         self.tasks.add(task)
-        task.add_done_callback(self._ended)
+        # The callback reads no context variable: it runs in one shared context instead of a
+        # copy of the caller's made for each task.
+        task.add_done_callback(self._on_end, context=_BARE_CONTEXT)
         return task
 
     def _ended(self, task: asyncio.Task[None]) -> None:
@@ -223,6 +233,9 @@ class FlightTable:
         self.detached[flight] = key
 
 
+# The context FlightTable._ended runs in (it sets no context variable and reads none).
+_BARE_CONTEXT = contextvars.Context()
+
 _tables: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FlightTable] = weakref.WeakKeyDictionary()
 _tables_lock = threading.Lock()
 
@@ -252,10 +265,12 @@ def in_flight_everywhere() -> int:
 
 
 async def settle(flight: Flight) -> None:
-    """Wait until the task working for the flight has ended, write-back included."""
+    """Wait until the task working for the flight has ended, write-back included (a loading task
+    hands its flight to the task that writes it back: that one is waited for too)."""
     task = flight.task
-    if task is not None and not task.done():
+    while task is not None and not task.done():
         await asyncio.wait({task})
+        task = flight.task
 
 
 # Moves (under cacheme.bus.LOCK) whenever the bus-bound local tiers may have lost an entry:

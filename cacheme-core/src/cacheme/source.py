@@ -21,7 +21,18 @@ from cacheme.node import Node
 if TYPE_CHECKING:
     from cacheme.config import NodeConfig
 
-__all__ = ["LoadHook", "LoadInfo", "Loader", "add_load_hook", "load_many", "load_one", "values_in_order"]
+__all__ = [
+    "LoadHook",
+    "LoadInfo",
+    "Loader",
+    "add_load_hook",
+    "call_source",
+    "load_failed",
+    "load_many",
+    "load_one",
+    "loaded",
+    "values_in_order",
+]
 
 logger = logging.getLogger("cacheme")
 
@@ -94,25 +105,47 @@ Loader = Callable[[Any], Awaitable[Any]]
 
 async def load_one(config: NodeConfig, node: Node, load: Loader | None) -> Entry:
     """The node's value from its source, as a fresh entry (loaded now, with its load time)."""
-    metrics = config.metrics
     started = time.perf_counter_ns()
     try:
-        if _hooks:
-            info = LoadInfo(config.node_class.__qualname__, node.full_key(), 1)
-            value = await _observed(info, node.load() if load is None else load(node))
-        else:
-            value = await (node.load() if load is None else load(node))
+        value = await call_source(config, node, load)
     except BaseException:
-        elapsed = time.perf_counter_ns() - started
-        metrics._load_failures += 1
-        metrics._load_time_ns += elapsed
-        metrics.observe_loads(elapsed)
+        load_failed(config, started)
         raise
-    elapsed = time.perf_counter_ns() - started
-    metrics._load_successes += 1
-    metrics._load_time_ns += elapsed
-    metrics.observe_loads(elapsed)
+    return loaded(config, started, value)
+
+
+def call_source(config: NodeConfig, node: Node, load: Loader | None) -> Awaitable[Any]:
+    """What to await for the node's value: ``node.load()`` or ``load(node)``, inside the load
+    hooks if there are any. Time it with ``loaded`` or ``load_failed`` (``load_one`` does all three)."""
+    if _hooks:
+        info = LoadInfo(config.node_class.__qualname__, node.full_key(), 1)
+        return _observed(info, node.load() if load is None else load(node))
+    return node.load() if load is None else load(node)
+
+
+def loaded(config: NodeConfig, started_ns: int, value: Any) -> Entry:
+    """Count a load begun at ``started_ns`` (``time.perf_counter_ns()``) that returned ``value``;
+    the value as a fresh entry."""
+    elapsed = _count(config, started_ns, 1, True)
     return Entry(value, time.time(), elapsed / 1e9, None)
+
+
+def load_failed(config: NodeConfig, started_ns: int, count: int = 1) -> None:
+    """Count a load of ``count`` nodes begun at ``started_ns`` that raised."""
+    _count(config, started_ns, count, False)
+
+
+def _count(config: NodeConfig, started_ns: int, count: int, succeeded: bool) -> int:
+    """Count a load of ``count`` nodes begun at ``started_ns`` in the node's stats; its nanoseconds."""
+    elapsed = time.perf_counter_ns() - started_ns
+    metrics = config.metrics
+    if succeeded:
+        metrics._load_successes += count
+    else:
+        metrics._load_failures += count
+    metrics._load_time_ns += elapsed
+    metrics.observe_loads(elapsed, count)
+    return elapsed
 
 
 def values_in_order(node_class: type[Node], nodes: Sequence[Node], returned: object) -> list[Any]:
@@ -167,7 +200,6 @@ def _values_by_key(name: str, nodes: Sequence[Node], pairs: Iterable[tuple[Node,
 
 async def load_many(config: NodeConfig, nodes: Sequence[Node]) -> list[Entry]:
     """The nodes' values from the class's ``load_all``, as fresh entries (the batch's time each)."""
-    metrics = config.metrics
     started = time.perf_counter_ns()
     try:
         if _hooks:
@@ -177,15 +209,9 @@ async def load_many(config: NodeConfig, nodes: Sequence[Node]) -> list[Entry]:
             returned = await config.node_class.load_all(nodes)
         values = values_in_order(config.node_class, nodes, returned)
     except BaseException:
-        elapsed = time.perf_counter_ns() - started
-        metrics._load_failures += len(nodes)
-        metrics._load_time_ns += elapsed
-        metrics.observe_loads(elapsed, len(nodes))
+        load_failed(config, started, len(nodes))
         raise
-    elapsed = time.perf_counter_ns() - started
-    metrics._load_successes += len(nodes)
-    metrics._load_time_ns += elapsed
-    metrics.observe_loads(elapsed, len(nodes))
+    elapsed = _count(config, started, len(nodes), True)
     return _fresh_entries(values, time.time(), elapsed / 1e9)
 
 

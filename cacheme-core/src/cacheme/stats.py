@@ -61,6 +61,7 @@ class Metrics:
         "_load_failures",
         "_load_successes",
         "_load_time_ns",
+        "_local_hits",
         "_refresh_failures",
         "_refreshes",
         "_requests",
@@ -69,6 +70,10 @@ class Metrics:
     )
 
     def __init__(self) -> None:
+        # A get answered at once by a leading local tier counts in _local_hits alone (one
+        # increment on the hottest path); every other lookup in _requests, and in _hits if a
+        # tier answered it.
+        self._local_hits = 0
         self._requests = 0
         self._hits = 0
         self._load_successes = 0
@@ -87,20 +92,22 @@ class Metrics:
 
     def request_count(self) -> int:
         """Lookups: one per ``get``, one per node of a ``get_all``."""
-        return self._requests
+        return self._requests + self._local_hits
 
     def hit_count(self) -> int:
         """Lookups answered from a cache tier."""
-        return self._hits
+        return self._hits + self._local_hits
 
     def hit_rate(self) -> float:
-        return self._hits / self._requests if self._requests else 0.0
+        requests = self.request_count()
+        return self.hit_count() / requests if requests else 0.0
 
     def miss_count(self) -> int:
         return self._requests - self._hits
 
     def miss_rate(self) -> float:
-        return self.miss_count() / self._requests if self._requests else 0.0
+        requests = self.request_count()
+        return self.miss_count() / requests if requests else 0.0
 
     def load_count(self) -> int:
         """Nodes loaded from the source, successfully or not."""

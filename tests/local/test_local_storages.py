@@ -146,3 +146,197 @@ async def test_tlfu_reads_and_evicts_entries_with_endless_ttls() -> None:
         found = [storage.get_sync(f"k{i}") for i in range(200)]
         assert sum(value is not cacheme.MISSING for value in found) == 50
     await storage.close()
+
+
+# ---------------------------------------------------------------- how entries are kept (memory per entry)
+
+
+class Colliding(str):
+    """A str key whose hash is chosen, to make two keys of one hash (str keys hardly ever are)."""
+
+    key_hash: int
+
+    def __new__(cls, text: str, key_hash: int) -> Colliding:
+        key = super().__new__(cls, text)
+        key.key_hash = key_hash
+        return key
+
+    def __hash__(self) -> int:
+        return self.key_hash
+
+
+def tracked(storage: TLFUStorage) -> int:
+    """How many keys the policy tracks: always as many as the storage holds."""
+    count: int = storage._core.len()
+    return count
+
+
+@pytest.mark.parametrize("url", ["local://lru", "local://tlfu"])
+async def test_ttl_is_exact_to_the_nanosecond(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = await connected(url, 10)
+    now = time.monotonic_ns()
+    monkeypatch.setattr(time, "monotonic_ns", lambda: now)
+    storage.set_sync("k", "v", timedelta(seconds=2, microseconds=3))
+    expiry = now + 2_000_003_000
+    monkeypatch.setattr(time, "monotonic_ns", lambda: expiry - 1)
+    assert storage.get_sync("k") == "v"
+    monkeypatch.setattr(time, "monotonic_ns", lambda: expiry)
+    assert storage.get_sync("k") is cacheme.MISSING
+    assert len(storage) == 0  # type: ignore[arg-type]
+    if isinstance(storage, TLFUStorage):
+        assert tracked(storage) == 0  # dropped from the policy too
+    await storage.close()
+
+
+@pytest.mark.parametrize("url", ["local://lru", "local://tlfu"])
+async def test_a_key_written_again_keeps_the_ttl_of_its_last_write(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = await connected(url, 10)
+    storage.set_sync("k", "with a ttl", timedelta(seconds=1))
+    storage.set_sync("k", "without", None)
+    later = time.monotonic_ns() + 1000 * 10**9
+    monkeypatch.setattr(time, "monotonic_ns", lambda: later)
+    assert storage.get_sync("k") == "without"  # the first write's ttl is gone with it
+    monkeypatch.undo()
+    storage.set_sync("k", "with a ttl again", timedelta(seconds=1))
+    assert storage.get_sync("k") == "with a ttl again"
+    later = time.monotonic_ns() + 2 * 10**9
+    monkeypatch.setattr(time, "monotonic_ns", lambda: later)
+    assert storage.get_sync("k") is cacheme.MISSING
+    assert len(storage) == 0  # type: ignore[arg-type]
+    monkeypatch.undo()
+    storage.set_sync("k", "short", timedelta(microseconds=1))
+    storage.set_sync("k", "long", timedelta(hours=1))
+    later = time.monotonic_ns() + 10**9
+    monkeypatch.setattr(time, "monotonic_ns", lambda: later)
+    assert storage.get_sync("k") == "long"
+    assert storage.entry_count() == 1
+    await storage.close()
+
+
+@pytest.mark.parametrize("other_hash", [12345, -12345], ids=["equal-hashes", "opposite-hashes"])
+async def test_tlfu_keeps_one_of_two_keys_of_one_policy_key(other_hash: int) -> None:
+    storage = await connected("local://tlfu", 10)
+    assert isinstance(storage, TLFUStorage)
+    first, second = Colliding("first", 12345), Colliding("second", other_hash)
+    storage.set_sync(first, 1, None)
+    storage.set_sync("bystander", 0, None)
+    storage.set_sync(second, 2, timedelta(hours=1))  # the policy tracks `second` from now on
+    assert storage.get_sync(first) is cacheme.MISSING
+    assert storage.get_sync(second) == 2
+    assert len(storage) == tracked(storage) == 2
+    storage.set_sync(first, 3, None)  # and `first` again
+    assert storage.get_sync(second) is cacheme.MISSING
+    assert storage.get_sync(first) == 3
+    assert len(storage) == tracked(storage) == 2
+    storage.delete_sync(first)
+    assert len(storage) == tracked(storage) == 1
+    assert storage.get_sync("bystander") == 0
+    await storage.close()
+
+
+async def test_tlfu_finds_each_key_the_policy_names_by_its_hash() -> None:
+    storage = await connected("local://tlfu", 10)
+    assert isinstance(storage, TLFUStorage)
+    # Hashes at the edges: the least 64-bit one (whose opposite is out of range), 0 (its own
+    # opposite), 1 (whose opposite, -1, Python turns into -2 when a __hash__ returns it) and -2.
+    keys = [Colliding(name, key_hash) for name, key_hash in (("least", -(2**63)), ("zero", 0), ("one", 1))]
+    keys.append(Colliding("minus-two", -2))
+    for key in keys:
+        storage.set_sync(key, str(key), timedelta(hours=1))
+    assert len(storage) == tracked(storage) == 4
+    with storage._lock:
+        storage._forget([1])  # as if the policy had evicted "one"
+    assert storage.get_sync(keys[2]) is cacheme.MISSING
+    with storage._lock:
+        storage._forget([1])  # again: nothing of that policy key is left, "minus-two" stays
+    assert [storage.get_sync(key) for key in keys] == ["least", "zero", cacheme.MISSING, "minus-two"]
+    with storage._lock:
+        storage._forget([2**63, 0, 2])
+    assert len(storage) == 0
+    await storage.close()
+
+
+@pytest.mark.parametrize("url", ["local://lru", "local://tlfu"])
+async def test_nothing_outgrows_the_size_through_many_writes_reads_and_evictions(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = await connected(url, 50)
+    clock = time.monotonic_ns()
+    monkeypatch.setattr(time, "monotonic_ns", lambda: clock)
+    ttls = [None, timedelta(hours=1), timedelta(microseconds=1), timedelta.max]
+    for i in range(20_000):
+        storage.set_sync(f"k{i}", i, ttls[i % len(ttls)])
+        storage.set_sync(Colliding(f"c{i}", i % 7 - 3), i, ttls[i % 3])  # 7 policy keys, 4 of them shared
+        clock += 1000  # one microsecond: the 1 us ttls expire
+        for back in (1, 2, 5):
+            storage.get_sync(f"k{i - back}")
+        if i % 11 == 0:
+            storage.delete_sync(f"k{i - 3}")
+        if i % 997 == 0:
+            assert len(storage) <= 50  # type: ignore[arg-type]
+    assert len(storage) <= 50  # type: ignore[arg-type]
+    if isinstance(storage, TLFUStorage):
+        assert len(storage._entries) == tracked(storage)
+        assert len(storage._reads) < storage.READ_BATCH
+        assert sum(isinstance(key, Colliding) for key in storage._entries) <= 4
+    else:
+        assert isinstance(storage, LRUStorage)
+        assert len(storage._entries) <= 50
+    await storage.close()
+
+
+@pytest.mark.parametrize("url", ["local://lru", "local://tlfu"])
+async def test_threads_writing_with_ttls_into_a_full_storage(url: str) -> None:
+    storage = await connected(url, 100)
+    errors: list[BaseException] = []
+
+    def work(offset: int) -> None:
+        try:
+            for i in range(3000):
+                ttl = None if i % 2 else timedelta(microseconds=i % 5 * 100 + 1)
+                storage.set_sync(f"t{offset}:{i % 300}", i, ttl)
+                for key in (f"t{offset}:{i % 300}", f"t{(offset + 1) % 4}:{i % 300}"):
+                    value = storage.get_sync(key)
+                    assert value is cacheme.MISSING or isinstance(value, int)
+                if i % 7 == 0:
+                    storage.delete_sync(f"t{offset}:{(i + 1) % 300}")
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(storage) <= 100  # type: ignore[arg-type]
+    if isinstance(storage, TLFUStorage):
+        assert len(storage._entries) == tracked(storage)
+    await storage.close()
+
+
+async def test_lru_order_and_eviction_with_ttls() -> None:
+    storage = await connected("local://lru", 3)
+    for key, ttl in zip("abc", [timedelta(hours=1), None, timedelta(hours=1)], strict=True):
+        storage.set_sync(key, key.upper(), ttl)
+    assert storage.get_sync("a") == "A"  # the most recent now
+    storage.set_sync("d", "D", timedelta(hours=1))  # evicts b
+    assert [storage.get_sync(k) for k in "abcd"] == ["A", cacheme.MISSING, "C", "D"]
+    storage.set_sync("e", "E", None)  # evicts a, the least recent after the reads above
+    assert [storage.get_sync(k) for k in "acde"] == [cacheme.MISSING, "C", "D", "E"]
+    await storage.close()
+
+
+async def test_tlfu_clear_empties_the_policy_too() -> None:
+    storage = await connected("local://tlfu", 10)
+    assert isinstance(storage, TLFUStorage)
+    for i in range(20):
+        storage.set_sync(f"k{i}", i, timedelta(hours=1) if i % 2 else None)
+    storage.clear_sync()
+    assert len(storage) == tracked(storage) == 0
+    storage.set_sync("k", 1, timedelta(hours=1))
+    assert storage.get_sync("k") == 1
+    assert len(storage) == tracked(storage) == 1
+    await storage.close()

@@ -28,6 +28,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -101,6 +102,7 @@ FREEZE_OF = ("local", "redis", "chain")
 SCRIPTS = {
     "ours": "run_ours.py",
     "null": "run_null.py",
+    "base": "run_ours.py",
     "cacheme030": "run_cacheme030.py",
     "aiocache": "run_aiocache.py",
     "cashews": "run_cashews.py",
@@ -157,7 +159,7 @@ class Progress:
 
 
 def runner_python(lib: str, ours_python: Path) -> Path:
-    if lib in ("ours", "null"):
+    if lib in ("ours", "null", "base"):
         return ours_python
     return envs.ensure(ENVIRONMENT_OF[lib])
 
@@ -190,8 +192,11 @@ def run_one(
     with open(WORK / "runner-stderr.log", "ab") as errors:
         errors.write(f"\n==== {label}\n".encode())
         errors.flush()
+        env = None
+        if run.variant.lib == "base":  # the baseline's sources ahead of ours (same module names)
+            env = {**os.environ, "PYTHONPATH": args.baseline_path}
         process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=errors, cwd=HERE, start_new_session=True
+            command, stdout=subprocess.PIPE, stderr=errors, cwd=HERE, start_new_session=True, env=env
         )
         while True:
             try:
@@ -245,14 +250,26 @@ def frozen(variant: Variant) -> Variant:
     )
 
 
-def selected(variants: list[Variant], libs: list[str], gc_freeze: bool = False) -> list[Variant]:
-    """The variants of ``libs``; with ``gc_freeze``, each of ours in FREEZE_OF followed by its frozen twin."""
+def at_baseline(variant: Variant, commit: str) -> Variant:
+    """``variant`` of ours run with the cacheme of ``commit`` (``--baseline``)."""
+    return Variant(
+        f"{variant.label} @{commit}", "base", variant.variant, f"{variant.description}, at {commit}"
+    )
+
+
+def selected(
+    variants: list[Variant], libs: list[str], gc_freeze: bool = False, baseline: str | None = None
+) -> list[Variant]:
+    """The variants of ``libs``; with ``gc_freeze``, each of ours in FREEZE_OF followed by its frozen
+    twin; with ``baseline``, each of those followed by the same at that commit."""
     chosen: list[Variant] = []
     for v in variants:
         if v.lib in libs:
             chosen.append(v)
             if gc_freeze and v.lib == "ours" and v.variant in FREEZE_OF:
                 chosen.append(frozen(v))
+            if baseline and v.lib == "ours" and v.variant in FREEZE_OF:
+                chosen.append(at_baseline(v, baseline))
     return chosen
 
 
@@ -260,13 +277,13 @@ def plan(args: argparse.Namespace) -> list[Run]:
     runs: list[Run] = []
     for _ in range(args.rounds):
         if "micro" in args.workloads:
-            runs += [Run("micro", 0, v) for v in selected(MICRO_VARIANTS, args.libs)]
+            runs += [Run("micro", 0, v) for v in selected(MICRO_VARIANTS, args.libs, False, args.baseline)]
         if "trace" in args.workloads:
-            trace = selected(TRACE_VARIANTS, args.libs, args.gc_freeze)
+            trace = selected(TRACE_VARIANTS, args.libs, args.gc_freeze, args.baseline)
             for workers in args.concurrency:
                 runs += [Run("trace", workers, v) for v in trace]
         if "batch" in args.workloads:
-            batch = selected(BATCH_VARIANTS, args.libs, args.gc_freeze)
+            batch = selected(BATCH_VARIANTS, args.libs, args.gc_freeze, args.baseline)
             for workers in args.batch_concurrency:
                 runs += [Run("batch", workers, v) for v in batch]
     return runs
@@ -397,23 +414,30 @@ MICRO_ROWS = [
 
 
 def micro_table(runs: list[Run]) -> list[str]:
-    ours = next(
-        (r for r in runs if r.workload == "micro" and r.variant.lib == "ours" and r.status == "ok"), None
-    )
-    theirs = next(
-        (r for r in runs if r.workload == "micro" and r.variant.lib == "cacheme030" and r.status == "ok"),
-        None,
-    )
+    def first(lib: str) -> Run | None:
+        return next(
+            (r for r in runs if r.workload == "micro" and r.variant.lib == lib and r.status == "ok"), None
+        )
+
+    ours, base, theirs = first("ours"), first("base"), first("cacheme030")
     if ours is None and theirs is None:
         return []
-    lines = ["| ns per operation | cacheme (ours) | cacheme 0.3.0 | ratio |", "|---|---:|---:|---:|"]
+    base_title = f" | {base.variant.label.rsplit(' ', 1)[-1]}" if base else ""
+    lines = [
+        f"| ns per operation | cacheme (ours){base_title} | cacheme 0.3.0 | ratio |",
+        "|---|---:|---:|---:|" + ("---:|" if base else ""),
+    ]
+
+    def shown(run: Run | None, key: str) -> str:
+        value = run.result.get(key) if run else None
+        return "" if value is None else f"{value:.0f}"
+
     for key, title in MICRO_ROWS:
         a = ours.result.get(key) if ours else None
         b = theirs.result.get(key) if theirs else None
         ratio = f"{a / b:.2f}" if a and b else ""
-        lines.append(
-            f"| {title} | {'' if a is None else f'{a:.0f}'} | {'' if b is None else f'{b:.0f}'} | {ratio} |"
-        )
+        before = f" | {shown(base, key)}" if base else ""
+        lines.append(f"| {title} | {shown(ours, key)}{before} | {shown(theirs, key)} | {ratio} |")
     return lines
 
 
@@ -591,6 +615,28 @@ def report(runs: list[Run], info: dict[str, Any], args: argparse.Namespace) -> s
 # ---------------------------------------------------------------- main
 
 
+def kept_sections(path: Path) -> str:
+    """The sections other benchmarks wrote into ``path`` between their ``<!-- name:begin -->`` and
+    ``<!-- name:end -->`` markers (outage.py, fleet.py, memory.py...): kept when this report is written."""
+    if not path.exists():
+        return ""
+    section = re.compile(r"\n<!-- (\w+):begin -->\n.*?\n<!-- \1:end -->\n", flags=re.DOTALL)
+    return "".join(match.group(0) for match in section.finditer(path.read_text()))
+
+
+def baseline_sources(commit: str) -> str:
+    """The PYTHONPATH of cacheme's core, local and redis sources at ``commit`` (extracted under .work/)."""
+    parts = ["cacheme-core/src", "cacheme-local/src", "cacheme-redis/src"]
+    target = WORK / f"baseline-{commit}"
+    if not target.exists():
+        target.mkdir(parents=True)
+        archive = subprocess.run(
+            ["git", "archive", commit, *parts], cwd=HERE.parent, check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return os.pathsep.join(str(target / part) for part in parts)
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -618,6 +664,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="also run ours' local, redis and chain with gc.freeze() after the set-up (an application-side "
         "recipe), next to the same variants without it",
     )
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="a git commit: each of ours also runs with the cacheme of that commit, alternating",
+    )
     parser.add_argument("--quick", action="store_true", help="20,000 requests, 1,000 batch calls, 1k workers")
     parser.add_argument("--ours-python", type=Path, default=Path(sys.executable), help="interpreter for ours")
     parser.add_argument("--output", type=Path, default=RESULTS_MD, help="where the Markdown report goes")
@@ -635,6 +686,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.batch_concurrency = [
         int(n) for n in (args.batch_concurrency or ("1000" if quick else "1000,10000")).split(",")
     ]
+    args.baseline_path = baseline_sources(args.baseline) if args.baseline else ""
     args.requests = args.requests or (20_000 if quick else 200_000)
     args.batch_calls = args.batch_calls or (1_000 if quick else 10_000)
     args.micro_number = args.micro_number or (20_000 if quick else 200_000)
@@ -705,7 +757,7 @@ def main(argv: list[str]) -> int:
         )
     )
     text = report([r for r in runs if r.status != "pending"], info, args)
-    args.output.write_text(text)
+    args.output.write_text(text + kept_sections(args.output))
     print()
     print(text)
     print(f"written to {args.output}", file=sys.stderr)

@@ -232,6 +232,7 @@ async def _load_and_write(
     node, load = flight.node, flight.load
     flight.node = flight.load = None
     error: BaseException | None = None
+    handed = False  # whether the flight went to another task's write-back (which finishes it)
     marks = None if flight.lease is None else {key: flight.lease}
     try:
         # load_one's work, inline: one coroutine less for each key being loaded.
@@ -254,7 +255,7 @@ async def _load_and_write(
             write_local(config, config.tiers, {key: entry}, flight.epoch)
         flight.resolve(entry.value, False)
         if written and config.remote:
-            await _write_back(table, config, key, flight, entry)
+            handed = await _write_back(table, config, key, flight, entry)
             return
         if marks is not None:
             await _end_leases(config, marks, ())
@@ -265,7 +266,7 @@ async def _load_and_write(
         if not isinstance(caught, Exception):
             raise
     finally:
-        if flight.task is asyncio.current_task():  # not handed to another task's write-back
+        if not handed:
             table.finish(((key, flight),), error)
             if flight.renewal:
                 _renewal_ended(key, flight)
@@ -273,7 +274,7 @@ async def _load_and_write(
 
 async def _write_back(
     table: singleflight.FlightTable, config: NodeConfig, key: str, flight: singleflight.Flight, entry: Entry
-) -> None:
+) -> bool:
     """Write ``key``'s fresh ``entry`` into the remote tiers together with the other keys loaded
     in this loop turn: one batch per tier, not a deadline and a batch each.
 
@@ -281,6 +282,7 @@ async def _write_back(
     once so that the others join; each other one hands its flight to it and
     returns. A cancel meanwhile (``asyncio.run`` cancels every task when its
     main coroutine ends) does not give the write-back up: see ``write_remotes``.
+    Returns whether the flight was handed to another task (which finishes it).
     """
     pending = table.writes.get(config)
     if pending is not None:
@@ -289,7 +291,7 @@ async def _write_back(
         flight.task = writer
         if flight.renewal:  # however the writer ends
             writer.add_done_callback(functools.partial(_renewal_ended, key, flight))
-        return
+        return True
     batch = {key: (flight, entry)}
     writer = typing.cast("asyncio.Task[None]", asyncio.current_task())
     table.writes[config] = (batch, writer)
@@ -299,7 +301,8 @@ async def _write_back(
         uncancel_current_task()
     finally:
         del table.writes[config]
-    await _write_group(table, config, batch)
+    await _write_group(table, config, batch)  # this flight's too
+    return False
 
 
 async def _write_group(

@@ -243,11 +243,24 @@ _tables_lock = threading.Lock()
 def table() -> FlightTable:
     """The flight table of the running event loop."""
     loop = asyncio.get_running_loop()
+    last = _last
+    if last is not None and last.loop is loop:  # no weak reference made (and collected) per call
+        return last
+    return _table_of(loop)
+
+
+def _table_of(loop: asyncio.AbstractEventLoop) -> FlightTable:
+    global _last
     found = _tables.get(loop)
     if found is None:
         with _tables_lock:
             found = _tables.setdefault(loop, FlightTable(loop))
+    _last = found
     return found
+
+
+# The table asked for last (each table holds its loop already: this keeps no loop alive).
+_last: FlightTable | None = None
 
 
 def in_flight_count() -> int:

@@ -123,3 +123,38 @@ def test_four_threads_each_with_its_own_loop(backend: Backend, run: int) -> None
     assert metrics.request_count() == THREADS * GETS_PER_THREAD
     assert metrics.load_count() == THREADS * KEYS_PER_THREAD
     assert metrics.hit_count() == THREADS * (GETS_PER_THREAD - KEYS_PER_THREAD)
+
+
+def test_a_run_that_ends_at_its_last_answer_still_writes_what_it_loaded(backend: Backend) -> None:
+    """``asyncio.run`` cancels every task once its main coroutine returns: the write-backs of the last
+    answers (sent together, one loop turn later, by the storages' own batches too) still land."""
+    name = f"loops-{uuid.uuid4().hex[:8]}"
+    loaded: list[int] = []
+
+    class ExitNode(cacheme.Node):
+        number: int
+
+        def key(self) -> str:
+            return f"exit:{self.number}"
+
+        async def load(self) -> int:
+            loaded.append(self.number)
+            return self.number * 7
+
+        class Meta(cacheme.Node.Meta):
+            version = uuid.uuid4().hex[:8]
+            caches = [cacheme.Cache(storage=name, ttl=timedelta(minutes=10))]
+
+    async def first() -> list[int]:
+        await cacheme.register_storage(name, cacheme.Storage(backend.url, health=PATIENT, **backend.options))
+        return list(await asyncio.gather(*(cacheme.get(ExitNode(number=i)) for i in range(200))))
+
+    async def second() -> list[int]:
+        return list(await asyncio.gather(*(cacheme.get(ExitNode(number=i)) for i in range(200))))
+
+    try:
+        assert asyncio.run(first()) == [i * 7 for i in range(200)]
+        assert asyncio.run(second()) == [i * 7 for i in range(200)]
+        assert sorted(loaded) == list(range(200))  # the second run read every key back
+    finally:
+        asyncio.run(cacheme.unregister_storage(name))

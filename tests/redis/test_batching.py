@@ -20,6 +20,7 @@ from cacheme_redis.storage import RedisStorage
 from tests.fixtures.redis_servers import RedisServer
 from tests.redis.conftest import commandstats
 from tests.redis.nodes import item_node
+from tests.waiting import flights_done
 
 N = 10_000
 
@@ -231,3 +232,24 @@ async def test_a_batch_cancelled_before_it_was_sent_strands_nobody(
         assert values == [str(i).encode() for i in range(100)]
     finally:
         await storage.close()
+
+
+async def test_keys_loaded_in_one_loop_turn_are_written_with_one_command(
+    server: RedisServer, control: redis.Redis
+) -> None:
+    """The engine writes the keys loaded in one turn together (one write per tier, not a task, a
+    deadline and a command each), even with the storage's own batching off."""
+    name = f"unbatched-{uuid.uuid4().hex[:8]}"
+    await cacheme.register_storage(name, cacheme.Storage(server.url, batch=False))
+    try:
+        node = item_node(name, ttl=None)
+        control.config_resetstat()
+        values = await asyncio.gather(*(cacheme.get(node(id=i)) for i in range(200)))
+        assert values == [f"value-{i}" for i in range(200)]
+        assert await flights_done()
+        calls = commandstats(control)
+        assert (calls.get("mset"), calls.get("set")) == (1, None), calls
+        assert calls.get("mget") == 1
+        assert control.dbsize() == 200 and node.loaded == 200
+    finally:
+        await cacheme.unregister_storage(name)

@@ -14,6 +14,7 @@ import typing
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from cacheme import node as node_module
 from cacheme import registry, singleflight
 from cacheme.chain import delete, local_read_failed, write_local, write_remotes
 from cacheme.config import NodeConfig, configure, not_a_node
@@ -56,7 +57,9 @@ async def get(node: Any, load_fn: Loader | None = None) -> Any:
         raise not_a_node("get", node) from None
     if config is None or config.generation != registry._generation:
         config = configure(type(node))
-    key = node.full_key()
+    key = node._cacheme_key  # full_key()'s own check, inline: the key it built for this prefix
+    if node._cacheme_key_prefix is not node_module._prefix:
+        key = node.full_key()
     metrics = config.metrics
     expired: Entry | None = None  # an entry of the local tiers that only stale_if_error may serve
     first = config.first_local

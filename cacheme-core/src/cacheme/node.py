@@ -238,7 +238,8 @@ class Node(Generic[T]):
         return await asyncio.gather(*(node.load() for node in nodes))
 
     def full_key(self) -> str:
-        """``{prefix}:{key()}:{Meta.version}``, built once per instance and prefix.
+        """``{prefix}:{key()}:{Meta.version}``, built once per instance and prefix (define ``key()``
+        to shape it; the engine reads the key this method kept without calling it again).
 
         Raises ``InvalidKeyError`` for a key some storage cannot keep: one with a
         NUL character or a surrogate code point (text that is not valid UTF-8).

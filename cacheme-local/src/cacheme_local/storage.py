@@ -21,6 +21,9 @@ __all__ = ["MAX_TTL", "TLFUStorage", "LRUStorage", "local_storage"]
 MAX_TTL: Final = timedelta(microseconds=(2**63 - 1) // 1000)
 
 
+_READ_BATCH: Final = 64  # TLFUStorage.READ_BATCH, read as a global on the hot path
+
+
 def _checked_size(url: str, size: object) -> int:
     if size is None:
         raise StorageConfigError(f"{url}: the option size (how many entries to keep) is required")
@@ -94,7 +97,7 @@ class TLFUStorage(LocalStorage):
     never kept together: the later written wins.
     """
 
-    READ_BATCH = 64
+    READ_BATCH: Final = _READ_BATCH
     ADVANCE_INTERVAL_NS = 1_000_000_000
 
     def __init__(self, url: str, size: int | None = None) -> None:
@@ -126,7 +129,7 @@ class TLFUStorage(LocalStorage):
             value = value.value
         reads = self._reads
         reads.append(key)
-        if len(reads) >= self.READ_BATCH:
+        if len(reads) >= _READ_BATCH:
             self._drain_reads()
         return value
 

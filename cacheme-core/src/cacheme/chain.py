@@ -343,9 +343,10 @@ async def _send(
     try:
         if len(payload) == 1:
             ((key, raw),) = payload.items()
-            await within(storage.health.write_timeout, storage.set(key, raw, ttl))
+            operation = storage.set(key, raw, ttl)
         else:
-            await within(storage.health.write_timeout, storage.set_many(payload, ttl))
+            operation = storage.set_many(payload, ttl)
+        await within(storage.health.write_timeout, operation, storage.cancels_at_once)
     except Exception as error:
         _feed_failure(storage)
         storage_failed(config, tier, "write", error, len(payload))
@@ -404,10 +405,10 @@ async def read_remote(config: NodeConfig, tier: Tier, keys: list[str]) -> dict[s
         return None
     try:
         if len(keys) == 1:
-            raw = await within(storage.health.read_timeout, storage.get(keys[0]))
+            raw = await within(storage.health.read_timeout, storage.get(keys[0]), storage.cancels_at_once)
             raws = {} if raw is None else {keys[0]: raw}
         else:
-            raws = await within(storage.health.read_timeout, storage.get_many(keys))
+            raws = await within(storage.health.read_timeout, storage.get_many(keys), storage.cancels_at_once)
     except Exception as error:
         _feed_failure(storage)
         storage_failed(config, tier, "read", error, len(keys))

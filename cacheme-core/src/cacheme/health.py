@@ -20,6 +20,7 @@ pure state over a clock that is passed in, so it is tested without sleeping.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import threading
@@ -239,16 +240,21 @@ class Breaker:
             )
 
 
-async def within(seconds: float | None, operation: Coroutine[Any, Any, T]) -> T:
+async def within(seconds: float | None, operation: Coroutine[Any, Any, T], at_once: bool = False) -> T:
     """``await operation``, raising ``TimeoutError`` once ``seconds`` have passed (None: no deadline).
 
     At the deadline the operation is cancelled but not waited for: some
     drivers (asyncpg) answer a cancel by talking to the server again, which a
     server that stopped answering never lets finish. The abandoned operation
-    ends in the background, bounded by the driver's own timeouts.
+    ends in the background, bounded by the driver's own timeouts. With
+    ``at_once`` (a storage whose operations end as soon as they are cancelled,
+    ``BaseStorage.cancels_at_once``) the operation runs in the caller's task
+    instead, and is cancelled there: no task, and no loop turn, of its own.
     """
     if seconds is None:
         return await operation
+    if at_once:
+        return await _within_here(seconds, operation)
     task = asyncio.ensure_future(operation)
     try:
         done, _ = await asyncio.wait((task,), timeout=seconds)
@@ -259,6 +265,43 @@ async def within(seconds: float | None, operation: Coroutine[Any, Any, T]) -> T:
         _abandon(task)
         raise TimeoutError(f"no answer within {seconds:g}s")
     return task.result()
+
+
+async def _within_here(seconds: float, operation: Coroutine[Any, Any, T]) -> T:
+    """``await operation`` in this task, cancelled here once ``seconds`` have passed (a TimeoutError)."""
+    task = asyncio.current_task()
+    assert task is not None
+    deadline = _Deadline(task)
+    timer = asyncio.get_running_loop().call_later(seconds, deadline.expire, context=_BARE_CONTEXT)
+    try:
+        return await operation
+    except asyncio.CancelledError:
+        if not deadline.expired:
+            raise
+        uncancel = getattr(task, "uncancel", None)  # Python 3.11+: take our own cancel back
+        if uncancel is not None and uncancel() > 0:
+            raise  # the caller was cancelled too
+        raise TimeoutError(f"no answer within {seconds:g}s") from None
+    finally:
+        timer.cancel()
+
+
+# The context a deadline's timer runs in: it reads and sets no context variable.
+_BARE_CONTEXT = contextvars.Context()
+
+
+class _Deadline:
+    """Cancels its task when it expires (the timer of ``_within_here``)."""
+
+    __slots__ = ("expired", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.expired = False
+
+    def expire(self) -> None:
+        self.expired = True
+        self.task.cancel()
 
 
 def _abandon(task: asyncio.Future[Any]) -> None:

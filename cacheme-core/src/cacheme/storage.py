@@ -56,6 +56,11 @@ class BaseStorage(abc.ABC):
     """
 
     is_local: ClassVar[bool] = False
+    # Whether an operation cancelled midway ends at once, with no I/O of its own (it awaits a
+    # batch's future, or a driver that drops the connection). Then a deadline runs the operation
+    # in the caller's task and cancels it there; otherwise the operation runs in a task of its own
+    # that a deadline abandons, not waits for (see cacheme.health.within).
+    cancels_at_once: ClassVar[bool] = False
 
     def __init__(self, url: str, **options: Any) -> None:
         self.url = url

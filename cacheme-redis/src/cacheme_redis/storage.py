@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from cacheme.batching import Coalescer
@@ -128,6 +128,9 @@ class RedisStorage(BaseStorage):
       ``pool_timeout`` seconds for a free one, then fails with a ``ConnectionError``.
     - ``batch``: coalesce concurrent single gets into one MGET and sets into one pipeline.
     """
+
+    # A cancelled operation gives up its batch's future, or redis-py drops the connection: no I/O.
+    cancels_at_once: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -176,7 +176,9 @@ def bench(session: nox.Session) -> None:
     ``nox -s bench -- coherence [--rounds 3]`` runs benchmarks/coherence.py (the invalidation bus
     between two processes, over Redis and the local PostgreSQL);
     ``nox -s bench -- fleet [--rounds 3] [--quick]`` runs benchmarks/fleet.py (4 processes on one
-    Zipf trace, leases on and off, against the commit before leases; needs Redis on 127.0.0.1:6379).
+    Zipf trace, leases on and off, against the commit before leases; needs Redis on 127.0.0.1:6379);
+    ``nox -s bench -- memory [--baseline COMMIT] [--write]`` runs benchmarks/memory.py (bytes per
+    local entry at 1,000,000 entries).
     """
     distributions = ["cacheme-core", "cacheme-local", "cacheme-redis[hiredis]"]
     if session.posargs[:1] == ["coherence"]:
@@ -190,5 +192,7 @@ def bench(session: nox.Session) -> None:
         session.run("python", "benchmarks/coherence.py", *session.posargs[1:])
     elif session.posargs[:1] == ["fleet"]:
         session.run("python", "benchmarks/fleet.py", *session.posargs[1:])
+    elif session.posargs[:1] == ["memory"]:
+        session.run("python", "benchmarks/memory.py", *session.posargs[1:])
     else:
         session.run("python", "benchmarks/run.py", *session.posargs)

@@ -22,9 +22,26 @@ from __future__ import annotations
 import asyncio
 import platform
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import harness
+
+F = TypeVar("F")
+
+
+def partition(keys: list[int], values: dict[int, int], flights: dict[int, F]) -> tuple[list[int], set[F]]:
+    """Of the keys ``values`` lacks: those no flight loads (load them now), and the flights loading
+    the others."""
+    new: list[int] = []
+    waiting: set[F] = set()
+    for key in keys:
+        if key not in values:
+            flight = flights.get(key)
+            if flight is None:
+                new.append(key)
+            else:
+                waiting.add(flight)
+    return new, waiting
 
 
 class NullCache:
@@ -56,15 +73,7 @@ class NullCache:
 
     async def get_many(self, keys: list[int]) -> list[int]:
         values = self.values
-        new: list[int] = []
-        waiting: set[asyncio.Future[None]] = set()
-        for key in keys:
-            if key not in values:
-                flight = self.flights.get(key)
-                if flight is None:
-                    new.append(key)
-                else:
-                    waiting.add(flight)
+        new, waiting = partition(keys, values, self.flights)
         if new:
             flight = asyncio.get_running_loop().create_future()
             for key in new:
@@ -145,15 +154,7 @@ class SafeNullCache:
 
     async def get_many(self, keys: list[int]) -> list[int]:
         values = self.values
-        new: list[int] = []
-        waiting: set[Flight] = set()
-        for key in keys:
-            if key not in values:
-                flight = self.flights.get(key)
-                if flight is None:
-                    new.append(key)
-                else:
-                    waiting.add(flight)
+        new, waiting = partition(keys, values, self.flights)
         if new:
             flight = Flight()
             for key in new:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -71,26 +72,35 @@ async def test_objects_are_kept_as_they_are(url: str) -> None:
     await storage.close()
 
 
-@pytest.mark.parametrize("url", ["local://lru", "local://tlfu"])
-async def test_threads_share_a_local_storage_safely(url: str) -> None:
-    storage = await connected(url, 10_000)
+def in_threads(work: Callable[[int], None], count: int) -> list[BaseException]:
+    """Run ``work(0)`` ... ``work(count - 1)`` in threads of their own at once; what they raised."""
     errors: list[BaseException] = []
 
-    def work(offset: int) -> None:
+    def guarded(offset: int) -> None:
         try:
-            for i in range(5000):
-                storage.set_sync(f"t{offset}:{i}", i, None)
-                value = storage.get_sync(f"t{offset}:{i}")
-                assert value == i or value is cacheme.MISSING
+            work(offset)
         except BaseException as error:
             errors.append(error)
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    threads = [threading.Thread(target=guarded, args=(n,)) for n in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert errors == []
+    return errors
+
+
+@pytest.mark.parametrize("url", ["local://lru", "local://tlfu"])
+async def test_threads_share_a_local_storage_safely(url: str) -> None:
+    storage = await connected(url, 10_000)
+
+    def work(offset: int) -> None:
+        for i in range(5000):
+            storage.set_sync(f"t{offset}:{i}", i, None)
+            value = storage.get_sync(f"t{offset}:{i}")
+            assert value == i or value is cacheme.MISSING
+
+    assert in_threads(work, 4) == []
     await storage.close()
 
 
@@ -290,27 +300,18 @@ async def test_nothing_outgrows_the_size_through_many_writes_reads_and_evictions
 @pytest.mark.parametrize("url", ["local://lru", "local://tlfu"])
 async def test_threads_writing_with_ttls_into_a_full_storage(url: str) -> None:
     storage = await connected(url, 100)
-    errors: list[BaseException] = []
 
     def work(offset: int) -> None:
-        try:
-            for i in range(3000):
-                ttl = None if i % 2 else timedelta(microseconds=i % 5 * 100 + 1)
-                storage.set_sync(f"t{offset}:{i % 300}", i, ttl)
-                for key in (f"t{offset}:{i % 300}", f"t{(offset + 1) % 4}:{i % 300}"):
-                    value = storage.get_sync(key)
-                    assert value is cacheme.MISSING or isinstance(value, int)
-                if i % 7 == 0:
-                    storage.delete_sync(f"t{offset}:{(i + 1) % 300}")
-        except BaseException as error:
-            errors.append(error)
+        for i in range(3000):
+            ttl = None if i % 2 else timedelta(microseconds=i % 5 * 100 + 1)
+            storage.set_sync(f"t{offset}:{i % 300}", i, ttl)
+            for key in (f"t{offset}:{i % 300}", f"t{(offset + 1) % 4}:{i % 300}"):
+                value = storage.get_sync(key)
+                assert value is cacheme.MISSING or isinstance(value, int)
+            if i % 7 == 0:
+                storage.delete_sync(f"t{offset}:{(i + 1) % 300}")
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert in_threads(work, 4) == []
     assert len(storage) <= 100  # type: ignore[arg-type]
     if isinstance(storage, TLFUStorage):
         assert len(storage._entries) == tracked(storage)

@@ -4,10 +4,10 @@ A loop turn's misses of one node class are fetched by one task
 (``_fetch_group``): one batch read per remote tier (``cacheme.reading``),
 then a task per key still missing that loads it from its source and writes
 it into the local tiers (``_load_and_write``; a chain of local tiers only
-starts that task at once). The keys loaded in one turn are written into the
-remote tiers together, by the first of those tasks (``_write_back``).
-``get_all``'s misses are fetched by one task (``fetch_many``) that reads,
-loads and writes in batches. Each task ends by
+starts that task at once). A key loaded, and those loaded within 2 ms after
+it, are written into the remote tiers together, by the first of those tasks
+(``_write_back``). ``get_all``'s misses are fetched by one task
+(``fetch_many``) that reads, loads and writes in batches. Each task ends by
 finishing its flights (singleflight): its waiters get the value or the error.
 A background reload (refresh_after, early_refresh) is a fetch task too
 (``renew``), and a failed load may answer with an expired entry
@@ -272,15 +272,21 @@ async def _load_and_write(
                 _renewal_ended(key, flight)
 
 
+# How long the first write-back of a node class waits for others to join its batch (seconds):
+# loads end a few at a time, and a batch per loop turn would be a write command per turn.
+WRITE_WINDOW = 0.002
+
+
 async def _write_back(
     table: singleflight.FlightTable, config: NodeConfig, key: str, flight: singleflight.Flight, entry: Entry
 ) -> bool:
     """Write ``key``'s fresh ``entry`` into the remote tiers together with the other keys loaded
-    in this loop turn: one batch per tier, not a deadline and a batch each.
+    within ``WRITE_WINDOW`` of it: one batch per tier, not a deadline and a batch each.
 
-    The first load of the turn writes the batch, after letting the loop run
-    once so that the others join; each other one hands its flight to it and
-    returns. A cancel meanwhile (``asyncio.run`` cancels every task when its
+    The first of those loads writes the batch once the window has passed;
+    each other one hands its flight to it and returns. Its callers have their
+    value already, and requests for the key meanwhile are answered from the
+    flight. A cancel meanwhile (``asyncio.run`` cancels every task when its
     main coroutine ends) does not give the write-back up: see ``write_remotes``.
     Returns whether the flight was handed to another task (which finishes it).
     """
@@ -296,7 +302,7 @@ async def _write_back(
     writer = typing.cast("asyncio.Task[None]", asyncio.current_task())
     table.writes[config] = (batch, writer)
     try:
-        await asyncio.sleep(0)
+        await asyncio.sleep(WRITE_WINDOW)
     except asyncio.CancelledError:
         uncancel_current_task()
     finally:

@@ -143,10 +143,11 @@ class FlightTable:
 
     ``groups`` gathers the keys that missed in one turn of the loop (per node
     config) so that one task fetches them together: the flights of the group
-    and the task that will fetch them. ``writes`` gathers, the same way, the
-    keys loaded in one turn (with each key's fresh entry) and the task that
-    writes them into the remote tiers together. ``detached`` holds the flights taken out of
-    ``flights`` by ``detach`` (flight -> key) until their work ends.
+    and the task that will fetch them. ``writes`` gathers the keys loaded
+    within a short window (with each key's fresh entry) and the task that
+    writes them into the remote tiers together (``cacheme.fetch._write_back``).
+    ``detached`` holds the flights taken out of ``flights`` by ``detach``
+    (flight -> key) until their work ends.
     """
 
     __slots__ = ("loop", "flights", "detached", "groups", "writes", "tasks", "_sweep_scheduled", "_on_end")

@@ -6,7 +6,7 @@ then a task per key still missing that loads it from its source and writes
 it into the local tiers (``_load_and_write``; a chain of local tiers only
 starts that task at once). A key loaded, and those loaded within 2 ms after
 it, are written into the remote tiers together, by the first of those tasks
-(``_write_back``). ``get_all``'s misses are fetched by one task
+(``cacheme.writeback``). ``get_all``'s misses are fetched by one task
 (``fetch_many``) that reads, loads and writes in batches. Each task ends by
 finishing its flights (singleflight): its waiters get the value or the error.
 A background reload (refresh_after, early_refresh) is a fetch task too
@@ -20,7 +20,6 @@ task of its own (``_wait_for_lease``). Calling the source itself is
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import itertools
 import logging
@@ -32,13 +31,14 @@ from collections.abc import Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from cacheme import singleflight
-from cacheme.chain import ERROR_LOG_INTERVAL, uncancel_current_task, write_local, write_remotes
+from cacheme.chain import ERROR_LOG_INTERVAL, write_local, write_remotes
 from cacheme.entry import Entry
 from cacheme.lease import Taken, Ticket
 from cacheme.node import Node
 from cacheme.reading import Backfill, first_epoch, found_by_lease, read_remote_tiers, write_backfills
 from cacheme.refresh import Verdict, judge, stale_usable
 from cacheme.source import Loader, call_source, load_failed, load_many, load_one, loaded, values_in_order
+from cacheme.writeback import end_leases, give_back_cancelled, write_back
 
 if TYPE_CHECKING:
     from cacheme.config import NodeConfig
@@ -246,7 +246,7 @@ async def _load_and_write(
             if (flight.renewal and flight.waiters is None) or not _answer_stale(config, flight):
                 error = caught  # no one waits on a failed background reload: it ends here
             if marks is not None:
-                await _end_leases(config, marks, ())
+                await end_leases(config, marks, ())
             return
         entry = loaded(config, started, value)
         del node, load, value
@@ -255,14 +255,16 @@ async def _load_and_write(
             write_local(config, config.tiers, {key: entry}, flight.epoch)
         flight.resolve(entry.value, False)
         if written and config.remote:
-            handed = await _write_back(table, config, key, flight, entry)
+            handed = await write_back(table, config, key, flight, entry)
+            if handed and flight.renewal and flight.task is not None:  # ends with the task it went to
+                flight.task.add_done_callback(functools.partial(_renewal_ended, key, flight))
             return
         if marks is not None:
-            await _end_leases(config, marks, ())
+            await end_leases(config, marks, ())
     except BaseException as caught:
         error = caught
         if marks is not None and isinstance(caught, asyncio.CancelledError):
-            await _give_back_cancelled(config, marks)
+            await give_back_cancelled(config, marks)
         if not isinstance(caught, Exception):
             raise
     finally:
@@ -270,66 +272,6 @@ async def _load_and_write(
             table.finish(((key, flight),), error)
             if flight.renewal:
                 _renewal_ended(key, flight)
-
-
-# How long the first write-back of a node class waits for others to join its batch (seconds):
-# loads end a few at a time, and a batch per loop turn would be a write command per turn.
-WRITE_WINDOW = 0.002
-
-
-async def _write_back(
-    table: singleflight.FlightTable, config: NodeConfig, key: str, flight: singleflight.Flight, entry: Entry
-) -> bool:
-    """Write ``key``'s fresh ``entry`` into the remote tiers together with the other keys loaded
-    within ``WRITE_WINDOW`` of it: one batch per tier, not a deadline and a batch each.
-
-    The first of those loads writes the batch once the window has passed;
-    each other one hands its flight to it and returns. Its callers have their
-    value already, and requests for the key meanwhile are answered from the
-    flight. A cancel meanwhile (``asyncio.run`` cancels every task when its
-    main coroutine ends) does not give the write-back up: see ``write_remotes``.
-    Returns whether the flight was handed to another task (which finishes it).
-    """
-    pending = table.writes.get(config)
-    if pending is not None:
-        batch, writer = pending
-        batch[key] = (flight, entry)
-        flight.task = writer
-        if flight.renewal:  # however the writer ends
-            writer.add_done_callback(functools.partial(_renewal_ended, key, flight))
-        return True
-    batch = {key: (flight, entry)}
-    writer = typing.cast("asyncio.Task[None]", asyncio.current_task())
-    table.writes[config] = (batch, writer)
-    try:
-        await asyncio.sleep(WRITE_WINDOW)
-    except asyncio.CancelledError:
-        uncancel_current_task()
-    finally:
-        del table.writes[config]
-    await _write_group(table, config, batch)  # this flight's too
-    return False
-
-
-async def _write_group(
-    table: singleflight.FlightTable, config: NodeConfig, batch: dict[str, tuple[singleflight.Flight, Entry]]
-) -> None:
-    """Write the entries of ``batch`` into the remote tiers, end their leases, finish their flights."""
-    error: BaseException | None = None
-    entries = {key: entry for key, (_, entry) in batch.items()}
-    marks = {key: flight.lease for key, (flight, _) in batch.items() if flight.lease is not None}
-    try:
-        sent = await write_remotes(config, config.tiers, entries, marks=marks or None)
-        if marks:
-            await _end_leases(config, marks, sent)
-    except BaseException as caught:
-        error = caught
-        if marks and isinstance(caught, asyncio.CancelledError):
-            await _give_back_cancelled(config, marks)
-        if not isinstance(caught, Exception):
-            raise
-    finally:
-        table.finish(((key, flight) for key, (flight, _) in batch.items()), error)
 
 
 async def _wait_for_lease(
@@ -393,18 +335,6 @@ def _apply(
     return load
 
 
-async def _end_leases(config: NodeConfig, marks: Mapping[str, bytes], written: Iterable[str]) -> None:
-    """The loads under ``marks`` are over: notify the waiters of the keys ``written`` into the lease
-    tier, give the other leases back (and notify their waiters too)."""
-    hub = config.lease
-    assert hub is not None
-    done = [key for key in written if key in marks]
-    if done:
-        await hub.notify(done)
-    if len(done) < len(marks):
-        await hub.give_back(config, {key: mark for key, mark in marks.items() if key not in done})
-
-
 async def fetch_many(
     table: singleflight.FlightTable,
     config: NodeConfig,
@@ -450,13 +380,13 @@ async def fetch_many(
             sent = await write_remotes(config, config.tiers, loaded, marks=_marks_of(flights, loaded))
             marks = _marks_of(flights, missing)
             if marks:
-                await _end_leases(config, marks, sent)
+                await end_leases(config, marks, sent)
     except BaseException as caught:
         error = caught
         if config.lease is not None and isinstance(caught, asyncio.CancelledError):
             marks = _marks_of(flights, [key for key in flights if key not in handed_over])
             if marks:
-                await _give_back_cancelled(config, marks)
+                await give_back_cancelled(config, marks)
         if not isinstance(caught, Exception):
             raise
     finally:
@@ -466,15 +396,6 @@ async def fetch_many(
             table.finish(flights.items(), error)
     for key, node, entry in due:
         renew(table, config, key, node, None, entry)
-
-
-async def _give_back_cancelled(config: NodeConfig, marks: Mapping[str, bytes]) -> None:
-    """The task holding ``marks`` is cancelled (its loop shuts down, say): give the leases back
-    before the cancel goes on, so that the other processes need not wait them out. Bounded by the
-    lease tier's deadline; a mark already replaced by a value stays so (the release is fenced)."""
-    uncancel_current_task()
-    with contextlib.suppress(BaseException):
-        await _end_leases(config, marks, ())
 
 
 async def _load_all_of_one(node: Node) -> Any:

@@ -145,7 +145,7 @@ class FlightTable:
     config) so that one task fetches them together: the flights of the group
     and the task that will fetch them. ``writes`` gathers the keys loaded
     within a short window (with each key's fresh entry) and the task that
-    writes them into the remote tiers together (``cacheme.fetch._write_back``).
+    writes them into the remote tiers together (``cacheme.writeback``).
     ``detached`` holds the flights taken out of ``flights`` by ``detach``
     (flight -> key) until their work ends.
     """

@@ -65,16 +65,19 @@ class _Meters:
         self.on = False
         meter.create_observable_counter(
             "cacheme.requests",
-            [self._requests],
+            [self._per_node("request_count")],
             unit="{request}",
             description="Lookups: one per get, one per node of a get_all",
         )
         meter.create_observable_counter(
-            "cacheme.hits", [self._hits], unit="{request}", description="Lookups answered from a cache tier"
+            "cacheme.hits",
+            [self._per_node("hit_count")],
+            unit="{request}",
+            description="Lookups answered from a cache tier",
         )
         meter.create_observable_counter(
             "cacheme.misses",
-            [self._misses],
+            [self._per_node("miss_count")],
             unit="{request}",
             description="Lookups no cache tier answered (loaded, or joined a load)",
         )
@@ -109,22 +112,16 @@ class _Meters:
         )
         self.load_duration = _duration_histogram(meter)
 
-    def _requests(self, options: CallbackOptions) -> Iterable[Observation]:
-        if not self.on:
-            return []
-        return [
-            Observation(node.request_count, {NODE: name}) for name, node in cacheme.snapshot().nodes.items()
-        ]
+    def _per_node(self, count: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        """The callback observing each node class's ``count`` (a NodeSnapshot field) while ``on``."""
 
-    def _hits(self, options: CallbackOptions) -> Iterable[Observation]:
-        if not self.on:
-            return []
-        return [Observation(node.hit_count, {NODE: name}) for name, node in cacheme.snapshot().nodes.items()]
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            if not self.on:
+                return []
+            nodes = cacheme.snapshot().nodes
+            return [Observation(getattr(node, count), {NODE: name}) for name, node in nodes.items()]
 
-    def _misses(self, options: CallbackOptions) -> Iterable[Observation]:
-        if not self.on:
-            return []
-        return [Observation(node.miss_count, {NODE: name}) for name, node in cacheme.snapshot().nodes.items()]
+        return observe
 
     def _loads(self, options: CallbackOptions) -> Iterable[Observation]:
         if not self.on:
